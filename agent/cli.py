@@ -1,0 +1,127 @@
+"""`edgefleet-agent`: run the device daemon, probe runtimes, verify or install a bundle file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from agent.settings import AgentSettings
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
+
+
+def _settings(args: argparse.Namespace) -> AgentSettings:
+    overrides: dict[str, object] = {}
+    if args.device_id:
+        overrides["device_id"] = args.device_id
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    return AgentSettings.load(args.config, **overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.daemon import Agent
+
+    settings = _settings(args)
+    setup_logging(settings.log_level)
+    agent = Agent(settings)
+    agent.install_signal_handlers()
+    agent.run()
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from agent.daemon import KNOWN_RUNTIMES
+    from agent.runtimes.base import probe_runtime
+
+    probes = [probe_runtime(k) for k in KNOWN_RUNTIMES]
+    if args.json:
+        print(
+            json.dumps(
+                [{"runtime": p.key, "available": p.available, "reason": p.reason} for p in probes],
+                indent=2,
+            )
+        )
+    else:
+        for p in probes:
+            print(f"{p.key:10} {'yes' if p.available else 'no ':3}  {p.reason}")
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from ota.errors import BundleRefused
+    from ota.install import BundleStore
+    from ota.trust import TrustStore
+    from ota.verify import verify_bundle
+
+    settings = _settings(args)
+    trust = TrustStore.load(args.trust or settings.trust_file)
+    now = datetime.now(timezone.utc)
+    store = BundleStore(settings.data_dir / "bundles")
+    try:
+        if args.bundle_command == "verify":
+            with args.file.open("rb") as stream:
+                manifest = verify_bundle(
+                    stream, trust, now, installed_version=store.installed_version
+                )
+            print(
+                f"ok {manifest.name}@{manifest.version} variants="
+                + ",".join(v.runtime for v in manifest.variants)
+            )
+        else:
+            installed = store.install(args.file, trust, now, settings.profile)
+            print(
+                f"installed {installed.manifest.name}@{installed.manifest.version} "
+                f"digest={installed.digest}; the running agent loads it on its next start"
+            )
+    except BundleRefused as exc:
+        print(f"refused {exc.reason.value}: {exc.detail}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgefleet-agent", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="settings YAML (env EDGEFLEET_AGENT_* wins)")
+    common.add_argument("--device-id", help="override the device id")
+    common.add_argument("--data-dir", type=Path, help="override the data folder")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", parents=[common], help="run the agent daemon")
+    run.set_defaults(func=cmd_run)
+    probe = sub.add_parser("probe", help="which runtimes load on this device, and why not")
+    probe.add_argument("--json", action="store_true")
+    probe.set_defaults(func=cmd_probe)
+    bundle = sub.add_parser("bundle", help="verify or install a bundle file (offline devices)")
+    bsub = bundle.add_subparsers(dest="bundle_command", required=True)
+    for name in ("verify", "install"):
+        p = bsub.add_parser(name, parents=[common])
+        p.add_argument("file", type=Path)
+        p.add_argument("--trust", type=Path, help="trust store JSON (default from settings)")
+        p.set_defaults(func=cmd_bundle)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValidationError, ValueError, OSError) as exc:
+        print(f"edgefleet-agent: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

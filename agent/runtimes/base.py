@@ -1,0 +1,178 @@
+"""The runtime plugin interface: one module per inference runtime, found by key.
+
+A runtime module `agent.runtimes.<key>` defines one `Runtime` subclass whose `KEY` is `<key>`.
+Modules are imported only when asked for, and a runtime whose vendor package is missing is
+logged and reported as unavailable instead of stopping the agent.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import ClassVar
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+_KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+@dataclass(frozen=True)
+class RuntimeProbe:
+    """Whether a runtime can run on this device, and why (not)."""
+
+    key: str
+    available: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class TensorDetails:
+    """Shape, element type and quantisation of one model input or output."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    # (scale, zero_point); scale 0.0 means the tensor is not quantised
+    quantization: tuple[float, int] = (0.0, 0)
+
+    @property
+    def quantized(self) -> bool:
+        return self.quantization[0] != 0.0
+
+
+class RuntimePluginError(Exception):
+    """Base of the errors a runtime plugin raises."""
+
+
+class RuntimeUnavailableError(RuntimePluginError):
+    """The runtime's package or device is missing."""
+
+
+class ModelLoadError(RuntimePluginError):
+    """The model file could not be loaded by this runtime."""
+
+
+class InferenceError(RuntimePluginError):
+    """An input did not fit the loaded model, or the runtime failed while running it."""
+
+
+class Runtime(abc.ABC):
+    """One inference runtime holding at most one loaded model."""
+
+    KEY: ClassVar[str]
+
+    def __init__(self, *, num_threads: int | None = None) -> None:
+        """`num_threads` caps the CPU threads the runtime may use; None lets it choose.
+
+        Raises ValueError for a count below one.
+        """
+        if num_threads is not None and num_threads < 1:
+            raise ValueError("num_threads must be at least 1")
+        self.num_threads = num_threads
+
+    @classmethod
+    @abc.abstractmethod
+    def probe(cls) -> RuntimeProbe:
+        """Check that the runtime imports and its device is present; never raises."""
+
+    @abc.abstractmethod
+    def load(self, model_path: Path) -> None:
+        """Load a model and prepare it to run.
+
+        Raises RuntimeUnavailableError or ModelLoadError.
+        """
+
+    @abc.abstractmethod
+    def input_details(self) -> TensorDetails:
+        """The single input of the loaded model. Raises ModelLoadError before `load`."""
+
+    @abc.abstractmethod
+    def output_details(self) -> list[TensorDetails]:
+        """The outputs, in the same order `infer` returns them."""
+
+    @abc.abstractmethod
+    def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """Run the model on one input tensor; returns the outputs in a stable order.
+
+        Raises InferenceError.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the model and its memory; safe to call twice."""
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def load_runtime_class(key: str) -> type[Runtime] | None:
+    """Import `agent.runtimes.<key>` and return its Runtime class.
+
+    Returns None (and logs why) when the module or a package it imports is missing.
+    Raises ValueError for a malformed key and LookupError when the module defines no runtime
+    with that key (a programming error, not a device condition).
+    """
+    runtime_class, _ = _import_runtime(key)
+    return runtime_class
+
+
+def probe_runtime(key: str) -> RuntimeProbe:
+    """Probe one runtime by key; a missing module or package is reported, not raised."""
+    try:
+        runtime_class, why_not = _import_runtime(key)
+    except (ValueError, LookupError) as exc:
+        return RuntimeProbe(key=key, available=False, reason=str(exc))
+    if runtime_class is None:
+        return RuntimeProbe(key=key, available=False, reason=why_not)
+    try:
+        return runtime_class.probe()
+    except Exception as exc:  # a vendor probe must not take the agent down
+        logger.warning("runtime_probe_crashed key=%s error=%r", key, exc)
+        return RuntimeProbe(key=key, available=False, reason=f"probe failed: {exc!r}")
+
+
+def _import_runtime(key: str) -> tuple[type[Runtime] | None, str]:
+    if not _KEY_RE.match(key):
+        raise ValueError(f"malformed runtime key {key!r}")
+    module_name = f"{__package__}.{key}"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        missing = getattr(exc, "name", None)
+        if missing == module_name:
+            # no plugin of that name in this agent: a fact about the build, not a fault
+            logger.info("runtime_not_included key=%s", key)
+            return None, f"this agent has no {key!r} runtime plugin"
+        logger.warning(
+            "runtime_import_failed key=%s module=%s missing=%s error=%s",
+            key,
+            module_name,
+            missing,
+            exc,
+        )
+        return None, f"package {missing or '?'} is not installed ({exc})"
+    for value in vars(module).values():
+        if (
+            isinstance(value, type)
+            and issubclass(value, Runtime)
+            and value is not Runtime
+            and getattr(value, "KEY", None) == key
+            and not getattr(value, "__abstractmethods__", None)
+        ):
+            return value, ""
+    raise LookupError(f"module {module_name} defines no Runtime with KEY {key!r}")

@@ -1,0 +1,162 @@
+"""The agent's MQTT session: retained state with a Last Will, commands in, telemetry out.
+
+Callbacks run on paho's network thread and only hand work to a queue; the daemon's control
+thread does the work, so a slow install never stalls keep-alives or the frame loop's publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.settings import AgentSettings
+from protocol.codec import decode_chunk, decode_command, encode
+from protocol.errors import ProtocolError
+from protocol.messages import Command, State
+from protocol.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One unit of work for the control thread: a command or a bundle chunk."""
+
+    kind: str  # "command" | "chunk"
+    payload: Any
+    digest: str | None = None
+
+
+class AgentSession:
+    """Owns the paho client; everything it receives goes to `inbox`."""
+
+    def __init__(self, settings: AgentSettings, state: Callable[[], State]) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.mqtt.prefix)
+        self.device_id = settings.device_id
+        self.inbox: queue.Queue[Inbound] = queue.Queue(maxsize=10_000)
+        self._state = state
+        self._bundle_subs: set[str] = set()
+        self._lock = threading.Lock()
+        self.connected = threading.Event()
+        self.connects = 0
+        self.rejected = 0
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"edgefleet-agent-{self.device_id}",
+            clean_session=False,
+        )
+        if settings.mqtt.username:
+            client.username_pw_set(settings.mqtt.username, settings.mqtt.password)
+        client.will_set(
+            self.topics.state(self.device_id),
+            encode(State(device=self.device_id, status="offline")),
+            qos=1,
+            retain=True,
+        )
+        client.max_inflight_messages_set(settings.mqtt.max_inflight)
+        client.max_queued_messages_set(0)  # unbounded until the outbox takes over
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self.client = client
+
+    @property
+    def reconnects(self) -> int:
+        return max(0, self.connects - 1)
+
+    def start(self) -> None:
+        self.client.connect_async(
+            self.settings.mqtt.host, self.settings.mqtt.port, self.settings.mqtt.keepalive
+        )
+        self.client.loop_start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Say offline (retained), then disconnect cleanly."""
+        if self.connected.is_set():
+            info = self.client.publish(
+                self.topics.state(self.device_id),
+                encode(State(device=self.device_id, status="offline")),
+                qos=1,
+                retain=True,
+            )
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                log.warning("event=offline_state_not_sent")
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish_state(self) -> None:
+        self.client.publish(
+            self.topics.state(self.device_id), encode(self._state()), qos=1, retain=True
+        )
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(topic, payload, qos=qos)
+
+    def subscribe_bundle(self, digest: str) -> None:
+        with self._lock:
+            self._bundle_subs.add(digest)
+        self.client.subscribe(self.topics.bundle_chunks(digest), qos=1)
+
+    def unsubscribe_bundle(self, digest: str) -> None:
+        with self._lock:
+            self._bundle_subs.discard(digest)
+        self.client.unsubscribe(self.topics.bundle_chunks(digest))
+
+    # ---- paho callbacks (network thread) ---------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error("event=mqtt_connect_refused reason=%r", str(reason))
+            return
+        self.connects += 1
+        log.info("event=mqtt_connected connects=%d", self.connects)
+        subs = [(self.topics.cmd(self.device_id), 1)]
+        with self._lock:
+            subs += [(self.topics.bundle_chunks(d), 1) for d in sorted(self._bundle_subs)]
+        client.subscribe(subs)
+        self.publish_state()
+        self.connected.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        self.connected.clear()
+        log.warning("event=mqtt_disconnected reason=%r", str(reason))
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            parsed = self.topics.parse(msg.topic)
+            if parsed.digest is not None:
+                item = Inbound("chunk", decode_chunk(bytes(msg.payload)), digest=parsed.digest)
+            else:
+                command: Command = decode_command(bytes(msg.payload))
+                if command.device != self.device_id:
+                    raise ProtocolError(f"command for {command.device!r} on our topic")
+                item = Inbound("command", command)
+        except ProtocolError as exc:
+            self.rejected += 1
+            log.warning(
+                "event=message_rejected code=%s topic=%r error=%r",
+                getattr(exc, "code", "protocol_error"),
+                msg.topic,
+                str(exc),
+            )
+            return
+        try:
+            self.inbox.put_nowait(item)
+        except queue.Full:
+            self.rejected += 1
+            log.error("event=inbox_full dropped=%s", item.kind)

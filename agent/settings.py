@@ -1,0 +1,104 @@
+"""Agent settings: a YAML file, overridden by EDGEFLEET_AGENT_* environment variables."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from protocol.topics import DEFAULT_PREFIX, validate_device_id
+
+
+def _default_device_id() -> str:
+    host = "".join(c if c.isalnum() else "-" for c in socket.gethostname().lower()).strip("-")
+    return (host or "device")[:64].rjust(3, "0")
+
+
+class MqttSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="broker host")
+    port: Annotated[int, Field(gt=0, lt=65536)] = Field(1883, description="broker port")
+    username: str | None = Field(None, description="broker user name (per-device credentials)")
+    password: str | None = Field(None, description="broker password")
+    prefix: str = Field(DEFAULT_PREFIX, description="topic prefix shared with the controller")
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = Field(30, description="seconds")
+    max_inflight: Annotated[int, Field(ge=1, le=1000)] = Field(20, description="QoS 1 window")
+
+
+class CameraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = Field(
+        "cam0", description="camera name in detections and health"
+    )
+    source: str = Field(description="video file path, V4L2 index, RTSP/HTTP URL")
+    loop: bool = Field(True, description="restart a video file at its end")
+    realtime: bool = Field(True, description="pace a video file at its own frame rate")
+    fps: Annotated[float, Field(gt=0, le=240)] | None = Field(
+        None, description="pacing rate for a file when it does not say its own"
+    )
+
+
+class AgentSettings(BaseSettings):
+    """Everything an agent needs to know; each field has a default that works on one machine."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGEFLEET_AGENT_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    device_id: str = Field(default_factory=_default_device_id, description="[a-z0-9-]{3,64}")
+    data_dir: Path = Field(Path(".edgefleet/agent"), description="bundles, downloads, state")
+    trust_path: Path | None = Field(
+        None, description="release-key trust store (JSON); default data_dir/trust.json"
+    )
+    profile: str | None = Field(None, description="force a device profile instead of probing")
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    cameras: list[CameraSettings] = Field(default_factory=list, description="video sources")
+    runtime_threads: Annotated[int, Field(ge=1, le=64)] = Field(2, description="CPU threads")
+    health_interval_s: Annotated[float, Field(gt=0, le=3600)] = Field(10.0, description="health")
+    det_flush_s: Annotated[float, Field(gt=0, le=60)] = Field(
+        0.5, description="longest a detection waits before its batch is published"
+    )
+    det_batch_max: Annotated[int, Field(ge=1, le=1000)] = Field(100, description="per batch")
+    chunk_request_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        5.0, description="ask again for missing chunks after this long without progress"
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, value: str) -> str:
+        return validate_device_id(value)
+
+    @property
+    def trust_file(self) -> Path:
+        return self.trust_path or self.data_dir / "trust.json"
+
+    @classmethod
+    def load(cls, path: Path | None = None, **overrides: Any) -> AgentSettings:
+        """Read a YAML file (if given); environment variables win over it."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            loaded = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: settings must be a mapping")
+            data.update(loaded)
+        data.update(overrides)
+        return cls(**data)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the environment overrides the file, so a unit's Environment= wins over its YAML
+        return env_settings, init_settings

@@ -1,0 +1,237 @@
+"""Bundles and deployments: the bundle store, the capped MQTT publisher, chunk serving, status.
+
+A deployment publishes a Deploy command with the bundle's chunk layout; the agent then asks
+for the chunks it lacks with `chunk_request` events, which reach us through the ingest. Chunk
+requests for one bundle that arrive close together are merged into one pass, and one publish on
+the bundle's chunk topic serves every agent subscribed to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from controller.bundle_store import (
+    BundleInfo,
+    BundleStore,
+    BundleVerifier,
+    TrustStoreUnavailable,
+    UnknownBundle,
+    release_verifier,
+)
+from controller.chunk_server import ChunkServer
+from controller.db import Bundle, Deployment, Device
+from controller.ingest import Accepted
+from controller.mqtt_session import Publisher, PublishError
+from protocol.codec import encode
+from protocol.messages import Ack, Deploy, Event
+from protocol.topics import Topics
+
+__all__ = [
+    "STATUSES",
+    "BundleInfo",
+    "BundleStore",
+    "BundleVerifier",
+    "ChunkServer",
+    "Deployer",
+    "DeploymentInfo",
+    "PublishError",
+    "Publisher",
+    "TrustStoreUnavailable",
+    "UnknownBundle",
+    "UnknownDevice",
+    "release_verifier",
+]
+
+log = logging.getLogger(__name__)
+
+STATUSES = (
+    "pending",
+    "sent",
+    "accepted",
+    "downloading",
+    "verified",
+    "installing",
+    "probation",
+    "running",
+    "failed",
+    "rolled_back",
+)
+_RANK = {status: rank for rank, status in enumerate(STATUSES)}
+_EVENT_STATUS = {
+    "deploy_offered": "accepted",
+    "downloading": "downloading",
+    "chunk_request": "downloading",
+    "verified": "verified",
+    "installing": "installing",
+    "probation": "probation",
+    "running": "running",
+    "failed": "failed",
+    "rolled_back": "rolled_back",
+}
+
+
+class UnknownDevice(LookupError):
+    """No device with that id has ever reported."""
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    id: str
+    device: str
+    bundle: str
+    cmd_id: str
+    status: str
+    reason: str
+    created: float
+    updated: float
+
+    @classmethod
+    def of(cls, row: Deployment) -> DeploymentInfo:
+        return cls(
+            row.id,
+            row.device,
+            row.bundle,
+            row.cmd_id,
+            row.status,
+            row.reason,
+            row.created,
+            row.updated,
+        )
+
+
+class Deployer:
+    """Starts deployments and follows them through the events and acks agents send back."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        store: BundleStore,
+        publisher: Publisher,
+        chunks: ChunkServer,
+        topics: Topics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.sessions = sessions
+        self.store = store
+        self.publisher = publisher
+        self.chunks = chunks
+        self.topics = topics
+        self._clock = clock
+        self.chunk_requests_refused = 0
+
+    def deploy(self, device_id: str, digest: str) -> DeploymentInfo:
+        """Record a deployment and send the Deploy command.
+
+        Raises UnknownDevice, UnknownBundle, PublishError (the deployment is then `failed`).
+        """
+        now = self._clock()
+        with self.sessions.begin() as session:
+            if session.get(Device, device_id) is None:
+                raise UnknownDevice(device_id)
+            row = session.get(Bundle, digest)
+            if row is None:
+                raise UnknownBundle(digest)
+            command = Deploy(device=device_id, bundle=BundleInfo.of(row).offer())
+            session.add(
+                Deployment(
+                    id=uuid.uuid4().hex,
+                    device=device_id,
+                    bundle=digest,
+                    cmd_id=command.id,
+                    status="pending",
+                    reason="",
+                    created=now,
+                    updated=now,
+                )
+            )
+        # committed first, so an ack that races back finds the deployment
+        try:
+            self.publisher.publish(self.topics.cmd(device_id), encode(command), timeout=10.0)
+        except PublishError as exc:
+            self._set_status(command.id, "failed", f"command not sent: {exc}", force=True)
+            raise
+        self._set_status(command.id, "sent", "")
+        log.info("event=deploy_sent device=%s bundle=%s cmd=%s", device_id, digest[:12], command.id)
+        found = self.get_by_cmd(command.id)
+        assert found is not None
+        return found
+
+    def list(self, device: str | None = None, limit: int = 100) -> list[DeploymentInfo]:
+        query = select(Deployment).order_by(Deployment.created.desc()).limit(limit)
+        if device:
+            query = query.where(Deployment.device == device)
+        with self.sessions() as session:
+            return [DeploymentInfo.of(row) for row in session.scalars(query)]
+
+    def get_by_cmd(self, cmd_id: str) -> DeploymentInfo | None:
+        with self.sessions() as session:
+            row = session.scalar(select(Deployment).where(Deployment.cmd_id == cmd_id))
+            return DeploymentInfo.of(row) if row else None
+
+    def _set_status(self, cmd_id: str, status: str, reason: str, *, force: bool = False) -> None:
+        with self.sessions.begin() as session:
+            row = session.scalar(select(Deployment).where(Deployment.cmd_id == cmd_id))
+            if row is not None:
+                _advance(row, status, reason, self._clock(), force=force)
+
+    # -- IngestHook --
+
+    def in_transaction(self, session: Session, batch: Sequence[Accepted]) -> None:
+        now = self._clock()
+        for item in batch:
+            msg = item.message
+            if isinstance(msg, Ack):
+                row = session.scalar(select(Deployment).where(Deployment.cmd_id == msg.cmd_id))
+                if row is not None:
+                    status = "accepted" if msg.ok else "failed"
+                    _advance(row, status, "" if msg.ok else (msg.detail or msg.result), now)
+            elif isinstance(msg, Event) and msg.kind in _EVENT_STATUS and msg.bundle:
+                row = _deployment_for(session, msg.device, msg.bundle, msg.cmd_id)
+                if row is not None:
+                    _advance(row, _EVENT_STATUS[msg.kind], msg.reason or "", now)
+
+    def after_commit(self, batch: Sequence[Accepted]) -> None:
+        for item in batch:
+            msg = item.message
+            if isinstance(msg, Event) and msg.kind == "chunk_request" and msg.bundle:
+                self._serve(msg)
+
+    def _serve(self, event: Event) -> None:
+        assert event.bundle is not None
+        with self.sessions() as session:
+            wanted = _deployment_for(session, event.device, event.bundle, None) is not None
+        bundle = self.store.get(event.bundle) if wanted else None
+        if bundle is None:
+            # only bundles deployed to the asking device are sent, whatever it asks for
+            self.chunk_requests_refused += 1
+            log.warning(
+                "event=chunk_request_refused device=%s bundle=%s", event.device, event.bundle[:12]
+            )
+            return
+        self.chunks.request(bundle, [(r.start, r.end) for r in event.missing])
+
+
+def _deployment_for(
+    session: Session, device: str, digest: str, cmd_id: str | None
+) -> Deployment | None:
+    query = select(Deployment).where(Deployment.device == device, Deployment.bundle == digest)
+    if cmd_id:
+        row = session.scalar(query.where(Deployment.cmd_id == cmd_id))
+        if row is not None:
+            return row
+    return session.scalar(query.order_by(Deployment.created.desc()).limit(1))
+
+
+def _advance(row: Deployment, status: str, reason: str, now: float, force: bool = False) -> None:
+    """Move a deployment forward; redelivered or late messages never move it back."""
+    if force or _RANK[status] > _RANK.get(row.status, -1):
+        row.status = status
+        row.reason = reason[:1000]
+        row.updated = now

@@ -1,0 +1,174 @@
+"""The controller process: database, MQTT ingest, deployer and REST API wired together."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType, TracebackType
+
+import uvicorn
+
+from controller.api import ApiContext, create_app
+from controller.db import make_engine, session_factory, upgrade_database
+from controller.deploy import (
+    BundleStore,
+    BundleVerifier,
+    ChunkServer,
+    Deployer,
+    Publisher,
+    release_verifier,
+)
+from controller.ingest import Ingest, IngestStats
+from controller.settings import ControllerSettings
+from protocol.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class ControllerError(RuntimeError):
+    """The controller could not start."""
+
+
+class Controller:
+    """One controller replica; `start()`/`stop()` in-process, `serve_forever()` for the CLI."""
+
+    def __init__(
+        self, settings: ControllerSettings, *, verifier: BundleVerifier | None = None
+    ) -> None:
+        self.settings = settings
+        self._verifier = verifier
+        self.stats = IngestStats()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._started = False
+        self.http_port = settings.http.port
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.settings.http.host}:{self.http_port}"
+
+    def start(self, timeout: float = 15.0) -> Controller:
+        """Migrate, connect and serve; returns once the API answers.
+
+        MQTT connections are waited for up to `timeout` but are not required: they keep
+        retrying in the background. Raises ControllerError, sqlalchemy errors.
+        """
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        url = s.resolved_database_url()
+        upgrade_database(url)
+        self.engine = make_engine(url)
+        self.sessions = session_factory(self.engine)
+        topics = Topics(s.mqtt.topic_prefix)
+        verifier = self._verifier or release_verifier(s.resolved_trust_path(), s.max_bundle_bytes)
+        self.bundles = BundleStore(s.bundle_dir, self.sessions, verifier, s.chunk_size)
+        self.publisher = Publisher(s.mqtt, s.max_inflight, f"{s.mqtt.client_id}-pub").start()
+        self.chunks = ChunkServer(self.publisher, self.bundles, topics, s.chunk_coalesce_s).start()
+        self.deployer = Deployer(self.sessions, self.bundles, self.publisher, self.chunks, topics)
+        self.ingest = Ingest(
+            s.mqtt, s.ingest, self.sessions, hooks=[self.deployer], stats=self.stats
+        ).start()
+        self._started = True
+        self.app = create_app(
+            ApiContext(
+                sessions=self.sessions,
+                bundles=self.bundles,
+                deployer=self.deployer,
+                stats=self.stats,
+                max_upload_bytes=s.max_bundle_bytes,
+                mqtt_ready=lambda: self.ingest.ready and self.publisher.ready,
+            )
+        )
+        self._serve_http(timeout)
+        deadline = time.monotonic() + timeout
+        for name, part in (("ingest", self.ingest), ("publisher", self.publisher)):
+            if not part.wait_ready(max(0.0, deadline - time.monotonic())):
+                log.warning(
+                    "event=mqtt_not_ready part=%s broker=%s:%d retrying=background",
+                    name,
+                    s.mqtt.host,
+                    s.mqtt.port,
+                )
+        log.info(
+            "event=controller_started api=%s broker=%s:%d database=%s",
+            self.api_url,
+            s.mqtt.host,
+            s.mqtt.port,
+            self.engine.url.get_backend_name(),
+        )
+        return self
+
+    def _serve_http(self, timeout: float) -> None:
+        config = uvicorn.Config(
+            self.app,
+            host=self.settings.http.host,
+            port=self.settings.http.port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        self._server = server
+        self._thread = threading.Thread(target=server.run, name="http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise ControllerError(
+                    f"the API could not listen on {self.settings.http.host}:"
+                    f"{self.settings.http.port}"
+                )
+            time.sleep(0.02)
+        sockets = [sock for srv in server.servers for sock in srv.sockets]
+        if sockets:
+            self.http_port = int(sockets[0].getsockname()[1])
+
+    def stop(self) -> None:
+        """Stop serving, store and acknowledge what was received, disconnect."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+        self._server = self._thread = None
+        if not self._started:
+            return
+        self._started = False
+        self.ingest.stop()
+        self.chunks.stop()
+        self.publisher.stop()
+        self.engine.dispose()
+        log.info("event=controller_stopped")
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop cleanly."""
+        done = threading.Event()
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("event=controller_signal signal=%s", signal.Signals(signum).name)
+            done.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not done.wait(1.0):
+                if self._thread is not None and not self._thread.is_alive():
+                    log.error("event=http_server_exited")
+                    break
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def __enter__(self) -> Controller:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

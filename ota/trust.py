@@ -1,0 +1,73 @@
+"""The device's trust store: which release keys may sign bundles, and how many must."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ota.atomic import write_atomic
+from ota.keys import PublicKey
+
+
+class TrustStore(BaseModel):
+    """Release keys by keyid, the signature threshold and the revoked keyids."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    release_keys: dict[str, str] = Field(
+        default_factory=dict, description="keyid -> raw Ed25519 public key, hex"
+    )
+    threshold: Annotated[int, Field(ge=1)] = 1
+    revoked: frozenset[str] = Field(
+        default_factory=frozenset, description="keyids whose signatures never count"
+    )
+
+    @model_validator(mode="after")
+    def _keys_match_ids(self) -> TrustStore:
+        for keyid, key_hex in self.release_keys.items():
+            # a keyid that is not the key's own digest would let one key count as two
+            if PublicKey.from_hex(key_hex).keyid != keyid:
+                raise ValueError(f"keyid {keyid[:16]}... does not match its key")
+        if self.threshold > len(self.release_keys):
+            raise ValueError(
+                f"threshold {self.threshold} exceeds the {len(self.release_keys)} release keys"
+            )
+        return self
+
+    @classmethod
+    def from_keys(
+        cls, keys: Iterable[PublicKey], threshold: int = 1, revoked: Iterable[str] = ()
+    ) -> TrustStore:
+        """Build a store trusting `keys`. Raises pydantic.ValidationError."""
+        return cls(
+            release_keys={key.keyid: key.to_hex() for key in keys},
+            threshold=threshold,
+            revoked=frozenset(revoked),
+        )
+
+    def trusted_key(self, keyid: str) -> PublicKey | None:
+        """The key whose signatures count for `keyid`; None if unknown or revoked."""
+        if keyid in self.revoked or keyid not in self.release_keys:
+            return None
+        return PublicKey.from_hex(self.release_keys[keyid])
+
+    def revoke(self, keyid: str) -> TrustStore:
+        """A copy in which `keyid`'s signatures no longer count."""
+        return self.model_copy(update={"revoked": self.revoked | {keyid}})
+
+    @classmethod
+    def load(cls, path: Path) -> TrustStore:
+        """Read a store saved by `save`. Raises OSError, pydantic.ValidationError."""
+        return cls.model_validate_json(Path(path).read_bytes())
+
+    def save(self, path: Path) -> None:
+        """Write the store as JSON, atomically. Raises OSError."""
+        data = self.model_dump(mode="json")
+        # sorted so that the same store always gives the same file
+        data["revoked"] = sorted(self.revoked)
+        text = json.dumps(data, sort_keys=True, indent=2) + "\n"
+        write_atomic(Path(path), text.encode("utf-8"))

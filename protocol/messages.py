@@ -1,0 +1,223 @@
+"""Pydantic models of every message on the wire (DESIGN §2).
+
+Every message carries `v` (schema version "MAJOR.MINOR"), `type`, `id`, `ts` (unix seconds)
+and `device`. A receiver accepts any minor version of its major version and ignores fields it
+does not know, so a newer agent can talk to an older controller within one major version.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from protocol.topics import validate_device_id
+
+SCHEMA_MAJOR = 1
+SCHEMA_VERSION = f"{SCHEMA_MAJOR}.0"
+UNSUPPORTED_VERSION_MARK = "unsupported schema major version"
+
+Score = Annotated[float, Field(ge=0.0, le=1.0)]
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNeg = Annotated[float, Field(ge=0.0)]
+ShortText = Annotated[str, Field(max_length=256)]
+Text = Annotated[str, Field(max_length=4096)]
+Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, frozen=True, strict=True)
+
+
+class Envelope(WireModel):
+    v: str = SCHEMA_VERSION
+    id: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9-]+$")] = Field(
+        default_factory=new_id
+    )
+    ts: Annotated[float, Field(ge=0.0)] = Field(default_factory=time.time)
+    device: str
+
+    @field_validator("v")
+    @classmethod
+    def _major_version(cls, value: str) -> str:
+        major, _, minor = value.partition(".")
+        if not (major.isdigit() and minor.isdigit()):
+            raise ValueError("v must look like MAJOR.MINOR")
+        if int(major) != SCHEMA_MAJOR:
+            raise ValueError(f"{UNSUPPORTED_VERSION_MARK} {major} (speaking {SCHEMA_MAJOR})")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return validate_device_id(value)
+
+
+# ---- agent → controller -------------------------------------------------------------------
+
+
+class RuntimeInfo(WireModel):
+    key: Ident
+    available: bool
+    reason: Text = ""
+
+
+class ActiveBundle(WireModel):
+    name: Ident
+    version: Annotated[int, Field(ge=1)]
+    digest: Digest
+    runtime: Ident
+    reason: Text = ""
+
+
+class State(Envelope):
+    """Retained per device; `offline` is also the Last Will."""
+
+    type: Literal["state"] = "state"
+    status: Literal["online", "offline"]
+    agent_version: ShortText = ""
+    profile: ShortText = ""
+    runtimes: Annotated[tuple[RuntimeInfo, ...], Field(max_length=32)] = ()
+    active: ActiveBundle | None = None
+    cameras: Annotated[tuple[Ident, ...], Field(max_length=64)] = ()
+
+
+class CameraHealth(WireModel):
+    camera: Ident
+    connected: bool = True
+    fps_in: NonNeg = 0.0
+    fps_processed: NonNeg = 0.0
+    frames_in: Annotated[int, Field(ge=0)] = 0
+    frames_processed: Annotated[int, Field(ge=0)] = 0
+    frames_skipped: Annotated[int, Field(ge=0)] = 0
+    inference_ms: NonNeg = 0.0
+    latency_ms: NonNeg = 0.0
+
+
+class Health(Envelope):
+    type: Literal["health"] = "health"
+    uptime_s: NonNeg = 0.0
+    cpu_percent: NonNeg | None = None
+    load1: NonNeg | None = None
+    mem_used_mb: NonNeg | None = None
+    mem_total_mb: NonNeg | None = None
+    disk_free_mb: NonNeg | None = None
+    temperatures_c: Annotated[dict[ShortText, float], Field(max_length=64)] = Field(
+        default_factory=dict
+    )
+    cameras: Annotated[tuple[CameraHealth, ...], Field(max_length=64)] = ()
+    outbox_depth: Annotated[int, Field(ge=0)] = 0
+    mqtt_reconnects: Annotated[int, Field(ge=0)] = 0
+    unavailable: Annotated[dict[ShortText, ShortText], Field(max_length=64)] = Field(
+        default_factory=dict, description="health sources that could not be read, and why"
+    )
+
+
+class Box(WireModel):
+    """Corners normalised to the frame: 0..1 from the top-left."""
+
+    x1: Unit
+    y1: Unit
+    x2: Unit
+    y2: Unit
+
+
+class Detection(WireModel):
+    id: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9-]+$")] = Field(
+        default_factory=new_id
+    )
+    camera: Ident
+    track_id: Annotated[int, Field(ge=0)] | None = None
+    label: ShortText
+    score: Score
+    box: Box
+    ts: Annotated[float, Field(ge=0.0)]
+    snapshot: ShortText | None = None
+
+
+class DetectionBatch(Envelope):
+    type: Literal["det"] = "det"
+    model: ShortText = ""
+    runtime: ShortText = ""
+    detections: Annotated[tuple[Detection, ...], Field(max_length=1000)]
+
+
+EventKind = Literal[
+    "deploy_offered",
+    "downloading",
+    "chunk_request",
+    "verified",
+    "installing",
+    "probation",
+    "running",
+    "failed",
+    "rolled_back",
+    "error",
+    "log",
+]
+
+
+class ChunkRange(WireModel):
+    """Chunks `start` to `end` inclusive."""
+
+    start: Annotated[int, Field(ge=0)]
+    end: Annotated[int, Field(ge=0)]
+
+
+class Event(Envelope):
+    type: Literal["evt"] = "evt"
+    kind: EventKind
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    bundle: Digest | None = None
+    cmd_id: ShortText | None = None
+    reason: ShortText | None = None
+    message: Text = ""
+    progress: Unit | None = None
+    missing: Annotated[tuple[ChunkRange, ...], Field(max_length=1024)] = ()
+
+
+class Ack(Envelope):
+    type: Literal["ack"] = "ack"
+    cmd_id: ShortText
+    ok: bool
+    result: ShortText = ""
+    detail: Text = ""
+
+
+# ---- controller → agent -------------------------------------------------------------------
+
+
+class BundleOffer(WireModel):
+    """Where and how a bundle's bytes travel; the chunks come on the bundle's own topic."""
+
+    name: Ident
+    version: Annotated[int, Field(ge=1)]
+    digest: Digest
+    size: Annotated[int, Field(gt=0)]
+    chunk_size: Annotated[int, Field(gt=0, le=1 << 20)]
+    chunks: Annotated[int, Field(gt=0)]
+
+
+class Deploy(Envelope):
+    type: Literal["deploy"] = "deploy"
+    bundle: BundleOffer
+
+
+class Rollback(Envelope):
+    type: Literal["rollback"] = "rollback"
+
+
+class RestartPipeline(Envelope):
+    type: Literal["restart-pipeline"] = "restart-pipeline"
+
+
+Command = Annotated[Deploy | Rollback | RestartPipeline, Field(discriminator="type")]
+AgentMessage = State | Health | DetectionBatch | Event | Ack
+Message = AgentMessage | Deploy | Rollback | RestartPipeline

