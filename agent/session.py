@@ -140,9 +140,9 @@ class AgentSession:
         try:
             parsed = self.topics.parse(msg.topic)
             if parsed.digest is not None:
-                item = Inbound("chunk", decode_chunk(bytes(msg.payload)), digest=parsed.digest)
+                item = Inbound("chunk", decode_chunk(msg.payload), digest=parsed.digest)
             else:
-                command: Command = decode_command(bytes(msg.payload))
+                command: Command = decode_command(msg.payload)
                 if command.device != self.device_id:
                     raise ProtocolError(f"command for {command.device!r} on our topic")
                 item = Inbound("command", command)

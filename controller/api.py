@@ -163,6 +163,14 @@ class SummaryOut(BaseModel):
     last_detection: DetectionOut | None
 
 
+def _session(request: Request) -> Iterator[Session]:
+    """A database session from the app's own context, per request."""
+    context: ApiContext = request.app.state.ctx
+    with context.sessions() as session:
+        yield session
+
+
+Db = Annotated[Session, Depends(_session)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
@@ -204,12 +212,7 @@ def _metrics_text(stats: dict[str, Any], devices: dict[str, int], extra: list[st
 def create_app(ctx: ApiContext) -> FastAPI:
     """The controller's REST API over `ctx`."""
     app = FastAPI(title="edgefleet controller", version="1")
-
-    def session() -> Iterator[Session]:
-        with ctx.sessions() as s:
-            yield s
-
-    Db = Annotated[Session, Depends(session)]
+    app.state.ctx = ctx
 
     @app.get("/healthz")
     def healthz(db: Db, response: Response) -> HealthzOut:

@@ -1,9 +1,9 @@
-"""Bundles and deployments: the bundle store, the capped MQTT publisher, chunk serving, status.
+"""Deployments: send a bundle to a device and follow it to running, or to why not.
 
 A deployment publishes a Deploy command with the bundle's chunk layout; the agent then asks
-for the chunks it lacks with `chunk_request` events, which reach us through the ingest. Chunk
-requests for one bundle that arrive close together are merged into one pass, and one publish on
-the bundle's chunk topic serves every agent subscribed to it.
+for the chunks it lacks with `chunk_request` events, which reach us through the ingest and are
+served by the ChunkServer. Acks and progress events move the deployment's status forward.
+The pieces it builds on (BundleStore, Publisher, ChunkServer) are importable from here too.
 """
 
 from __future__ import annotations

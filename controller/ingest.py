@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,6 +35,7 @@ __all__ = ["Accepted", "Ingest", "IngestHook", "IngestStats", "Received", "kv"]
 
 log = logging.getLogger(__name__)
 
+MAX_QUEUED_QOS0 = 10_000
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_./+:#$-]{1,200}$")
 
 
@@ -176,6 +177,11 @@ class Ingest:
         if not self._accepting:
             return  # left unacknowledged: the broker delivers it again to our next session
         self.stats.count_received()
+        if message.qos == 0 and self._queue.qsize() >= MAX_QUEUED_QOS0:
+            # QoS 1 is bounded by the broker's window of unacknowledged messages; QoS 0
+            # (health) is not, so while the database lags it is shed here, counted.
+            self.stats.count_rejected("overload")
+            return
         self._queue.put(
             Received(message.topic, bytes(message.payload), message.mid, message.qos, time.time())
         )
@@ -240,8 +246,11 @@ class Ingest:
             received = self._collect()
             if received is None:
                 return
-            if received:
-                self._process(received)
+            try:
+                if received:
+                    self._process(received)
+            except Exception:  # the writer must outlive any one batch
+                log.exception("event=ingest_batch_failed size=%d", len(received))
 
     def _decode(self, received: Sequence[Received]) -> list[Accepted]:
         accepted = []
@@ -300,7 +309,7 @@ class Ingest:
                 if self._abandon.wait(delay):
                     return None
                 delay = min(delay * 2, 5.0)
-            except (SQLAlchemyError, ValueError, TypeError) as exc:
+            except Exception as exc:  # a bad row or a hook's bug: isolate the message
                 if len(batch) <= 1:
                     # The same input would fail forever: drop it, loudly, and go on.
                     self.stats.count_rejected("unstorable")

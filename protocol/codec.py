@@ -50,7 +50,7 @@ def encode(message: BaseModel) -> bytes:
     return message.model_dump_json(exclude_none=True).encode("utf-8")
 
 
-def _check_size(payload: bytes, limit: int) -> None:
+def _check_size(payload: bytes | bytearray, limit: int) -> None:
     if len(payload) > limit:
         raise PayloadTooLarge(f"payload of {len(payload)} bytes exceeds the {limit} byte cap")
 
@@ -66,7 +66,7 @@ def _translate(err: ValidationError) -> ProtocolError:
     return MalformedPayload(f"{where}: {first['msg']} ({err.error_count()} error(s))")
 
 
-def decode(payload: bytes, model: type[M], *, limit: int = MAX_PAYLOAD_BYTES) -> M:
+def decode(payload: bytes | bytearray, model: type[M], *, limit: int = MAX_PAYLOAD_BYTES) -> M:
     """Decode one message of a known model; raises a ProtocolError subclass."""
     _check_size(payload, limit)
     try:
@@ -75,7 +75,7 @@ def decode(payload: bytes, model: type[M], *, limit: int = MAX_PAYLOAD_BYTES) ->
         raise _translate(err) from None
 
 
-def decode_command(payload: bytes, *, limit: int = MAX_PAYLOAD_BYTES) -> Command:
+def decode_command(payload: bytes | bytearray, *, limit: int = MAX_PAYLOAD_BYTES) -> Command:
     """Decode a command sent to an agent; raises a ProtocolError subclass."""
     _check_size(payload, limit)
     try:
@@ -85,7 +85,7 @@ def decode_command(payload: bytes, *, limit: int = MAX_PAYLOAD_BYTES) -> Command
 
 
 def decode_agent_message(
-    topics: Topics, topic: str, payload: bytes
+    topics: Topics, topic: str, payload: bytes | bytearray
 ) -> tuple[ParsedTopic, AgentMessage]:
     """Decode what an agent published, checking it came from the device it names."""
     parsed = topics.parse(topic)
@@ -119,7 +119,7 @@ def encode_chunk(index: int, total: int, data: bytes) -> bytes:
     return _CHUNK_HEADER.pack(_CHUNK_MAGIC, index, total, zlib.crc32(data)) + data
 
 
-def decode_chunk(payload: bytes) -> Chunk:
+def decode_chunk(payload: bytes | bytearray) -> Chunk:
     """Unframe one chunk, checking its header and checksum; raises MalformedPayload."""
     _check_size(payload, MAX_CHUNK_BYTES + _CHUNK_HEADER.size)
     if len(payload) < _CHUNK_HEADER.size:
@@ -129,7 +129,7 @@ def decode_chunk(payload: bytes) -> Chunk:
         raise MalformedPayload("chunk has the wrong magic bytes")
     if not 0 <= index < total:
         raise MalformedPayload(f"chunk index {index} outside 0..{total - 1}")
-    data = payload[_CHUNK_HEADER.size :]
+    data = bytes(payload[_CHUNK_HEADER.size :])
     if zlib.crc32(data) != crc:
         raise MalformedPayload(f"chunk {index} fails its checksum")
     return Chunk(index=index, total=total, data=data)

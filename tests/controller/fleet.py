@@ -67,6 +67,7 @@ class FakeAgent:
     def subscribe(self, topic: str) -> None:
         """Subscribe at QoS 1 and return once the broker confirmed it."""
         _rc, mid = self.client.subscribe(topic, qos=1)
+        assert mid is not None
         done = self._subacks.setdefault(mid, threading.Event())
         assert done.wait(5), f"no SUBACK for {topic}"
 
@@ -101,5 +102,5 @@ class FakeAgent:
         """Drop the connection without DISCONNECT, so the broker sends the Last Will."""
         sock = self.client.socket()
         if sock is not None:
-            sock.shutdown(socket.SHUT_RDWR)
+            sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
         self.client.loop_stop()

@@ -84,7 +84,7 @@ def test_agent_receives_the_bundle_then_only_the_chunks_it_asks_for(
     subset = [c.index for c in agent.take_chunks(3)]
     agent.request_chunks(offer.digest, (0, 0))  # a fence: anything extra would come before it
     fence = agent.take_chunks(1)
-    assert subset + [fence[0].index] == [2, 3, 7, 0]
+    assert [*subset, fence[0].index] == [2, 3, 7, 0]
 
     assert 1 <= controller.publisher.peak_inflight <= 3
     assert controller.chunks.chunks_sent == offer.chunks + 4
@@ -167,7 +167,7 @@ def test_deploy_refuses_unknown_devices_and_bundles(controller, agents, make_bun
 
 
 def test_publisher_never_has_more_than_its_cap_unacknowledged(mosquitto):
-    received: queue.Queue[bytes] = queue.Queue()
+    received: queue.Queue[bytes | bytearray] = queue.Queue()
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="sub", protocol=mqtt.MQTTv311)
     sub.on_message = lambda _c, _u, m: received.put(m.payload)
     sub.connect(mosquitto.host, mosquitto.port)
