@@ -30,9 +30,15 @@ Registrar = Callable[[Any], None]
 Column = tuple[str, Callable[[dict[str, Any]], str]]
 
 # (module, registrar) for subcommands that live beside their own code
-EXTENSIONS: tuple[tuple[str, str], ...] = (("controller.demo", "add_demo_parser"),)
+EXTENSIONS: tuple[tuple[str, str], ...] = (
+    ("controller.demo", "add_demo_parser"),
+    ("controller.release_cli", "add_keys_parser"),
+    ("controller.release_cli", "add_models_parser"),
+)
 # (module, registrar) for `edgefleet bundle <sub>` subcommands living elsewhere
-BUNDLE_EXTENSIONS: tuple[tuple[str, str], ...] = ()
+BUNDLE_EXTENSIONS: tuple[tuple[str, str], ...] = (
+    ("controller.release_cli", "add_bundle_build_parser"),
+)
 
 
 class ControllerUnreachable(Exception):
