@@ -48,6 +48,7 @@ class AgentSession:
         self.connected = threading.Event()
         self.connects = 0
         self.rejected = 0
+        self._last_qos1: mqtt.MQTTMessageInfo | None = None
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"edgefleet-agent-{self.device_id}",
@@ -80,7 +81,13 @@ class AgentSession:
         self.client.loop_start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Say offline (retained), then disconnect cleanly."""
+        """Let queued QoS 1 messages go out, say offline (retained), then disconnect."""
+        if self.connected.is_set() and self._last_qos1 is not None:
+            try:
+                # messages are sent in order, so the last one's PUBACK means all went out
+                self._last_qos1.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                log.warning("event=queued_messages_not_sent")
         if self.connected.is_set():
             info = self.client.publish(
                 self.topics.state(self.device_id),
@@ -101,7 +108,10 @@ class AgentSession:
         )
 
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> mqtt.MQTTMessageInfo:
-        return self.client.publish(topic, payload, qos=qos)
+        info = self.client.publish(topic, payload, qos=qos)
+        if qos > 0:
+            self._last_qos1 = info
+        return info
 
     def subscribe_bundle(self, digest: str) -> None:
         with self._lock:
