@@ -201,7 +201,8 @@ def detect_profile(
         outranked = [p.name for p in host_matches[1:]]
         tail = f", over {', '.join(outranked)}" if outranked else ""
         reasons.append(
-            f"chose {chosen.name}: most specific matching profile (priority {chosen.priority}{tail})"
+            f"chose {chosen.name}: most specific matching profile"
+            f" (priority {chosen.priority}{tail})"
         )
     elif addon_matches:
         chosen = addon_matches[0]
@@ -257,7 +258,10 @@ def detect(
     forced: str | None = None,
     directory: Path | None = None,
 ) -> Detection:
-    """Load profiles, probe root and detect in one call; raises as load_profiles and detect_profile."""
+    """Load profiles, probe root and detect in one call.
+
+    Raises as load_profiles and detect_profile do.
+    """
     profiles = load_profiles(directory)
     facts = probe_hardware(root, arch, paths=watched_paths(profiles.values()))
     return detect_profile(facts, profiles, forced)

@@ -77,7 +77,7 @@ def fleet(tmp_path, mosquitto, release_key):
     config = {
         "device_id": DEVICE,
         "data_dir": str(agent_dir),
-        "mqtt": {"host": "127.0.0.1", "port": mosquitto.port},
+        "mqtt": {"host": "127.0.0.1", "port": mosquitto.port, "keepalive": 5},
         "cameras": [{"id": "cam0", "source": str(video.path), "loop": True}],
         "health_interval_s": 1.0,
         "chunk_request_timeout_s": 2.0,
@@ -240,3 +240,12 @@ def test_garbage_on_agent_topics_is_counted_and_does_not_stop_the_controller(fle
         30,
     )
     assert fleet.agent.poll() is None
+
+
+def test_a_killed_agent_is_reported_offline_by_its_last_will(fleet):
+    http = fleet.http
+    wait_for("agent online", lambda: (device(http) or {}).get("online"), 60)
+    fleet.agent.kill()
+    fleet.agent.wait(timeout=10)
+    # the broker publishes the retained offline state after 1.5 keep-alive periods
+    wait_for("offline by Last Will", lambda: device(http)["online"] is False, 30)
