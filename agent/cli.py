@@ -43,18 +43,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from agent.daemon import KNOWN_RUNTIMES
+    from agent.daemon import KNOWN_RUNTIMES, choose_profile
     from agent.runtimes.base import probe_runtime
 
+    profile, order = choose_profile(args.profile)
     probes = [probe_runtime(k) for k in KNOWN_RUNTIMES]
     if args.json:
-        print(
-            json.dumps(
-                [{"runtime": p.key, "available": p.available, "reason": p.reason} for p in probes],
-                indent=2,
-            )
-        )
+        runtimes = [
+            {"runtime": p.key, "available": p.available, "reason": p.reason} for p in probes
+        ]
+        report = {"profile": profile, "preference": order, "runtimes": runtimes}
+        print(json.dumps(report, indent=2))
     else:
+        print(f"profile    {profile}")
+        print(f"preference {' > '.join(order)}")
         for p in probes:
             print(f"{p.key:10} {'yes' if p.available else 'no ':3}  {p.reason}")
     return 0
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     probe = sub.add_parser("probe", help="which runtimes load on this device, and why not")
     probe.add_argument("--json", action="store_true")
+    probe.add_argument("--profile", help="force a device profile instead of detecting it")
     probe.set_defaults(func=cmd_probe)
     bundle = sub.add_parser("bundle", help="verify or install a bundle file (offline devices)")
     bsub = bundle.add_subparsers(dest="bundle_command", required=True)

@@ -22,6 +22,8 @@ from agent.session import AgentSession
 from agent.settings import AgentSettings
 from agent.systemd import Notifier
 from agent.telemetry import DetectionBatcher, health_message
+from device_profiles import ProfileError, effective_runtimes
+from device_profiles import detect as detect_profile
 from ota.install import BundleStore, InstalledBundle
 from protocol.codec import encode
 from protocol.messages import (
@@ -41,6 +43,27 @@ log = logging.getLogger(__name__)
 KNOWN_RUNTIMES = ("tensorrt", "edgetpu", "openvino", "onnx", "litert", "opencv")
 
 
+def choose_profile(forced: str | None) -> tuple[str, tuple[str, ...]]:
+    """The device profile and its runtime preference order (runtime keys, best first)."""
+    try:
+        detection = detect_profile(forced=forced)
+    except ProfileError as exc:
+        if forced:
+            raise
+        log.warning(
+            "event=no_profile reason=%r fallback=%s", str(exc), ",".join(DEFAULT_PREFERENCES)
+        )
+        return "unknown", DEFAULT_PREFERENCES
+    order = tuple(dict.fromkeys(r.runtime for r in effective_runtimes(detection)))
+    log.info(
+        "event=profile_detected profile=%s accelerators=%s runtimes=%s",
+        detection.profile.name,
+        ",".join(a.name for a in detection.accelerators_found) or "-",
+        ",".join(order),
+    )
+    return detection.profile.name, order
+
+
 class Agent:
     """One device's agent; `run()` blocks until `stop()` or SIGTERM."""
 
@@ -53,8 +76,7 @@ class Agent:
         self.uptime = Uptime()
         self.system = SystemHealth(disk_path=self.data_dir)
         self.probes: list[RuntimeProbe] = [probe_runtime(k) for k in KNOWN_RUNTIMES]
-        self.preferences = DEFAULT_PREFERENCES
-        self.profile = settings.profile or "generic-cpu"
+        self.profile, self.preferences = choose_profile(settings.profile)
         self.store = BundleStore(self.data_dir / "bundles")
         self.session = AgentSession(settings, self.state)
         self.batcher = DetectionBatcher(
