@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from agent.daemon import KNOWN_RUNTIMES, choose_profile
+    from agent.daemon import KNOWN_RUNTIMES, choose_profile, describe_preference
     from agent.runtimes.base import probe_runtime
 
     profile, order = choose_profile(args.profile)
@@ -52,11 +52,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
         runtimes = [
             {"runtime": p.key, "available": p.available, "reason": p.reason} for p in probes
         ]
-        report = {"profile": profile, "preference": order, "runtimes": runtimes}
+        preference = [describe_preference(p) for p in order]
+        report = {"profile": profile, "preference": preference, "runtimes": runtimes}
         print(json.dumps(report, indent=2))
     else:
         print(f"profile    {profile}")
-        print(f"preference {' > '.join(order)}")
+        print(f"preference {' > '.join(describe_preference(p) for p in order)}")
         for p in probes:
             print(f"{p.key:10} {'yes' if p.available else 'no ':3}  {p.reason}")
     return 0
@@ -94,6 +95,31 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trust(args: argparse.Namespace) -> int:
+    from ota.errors import RootRefused
+    from ota.trust import TrustStore, apply_root_chain
+
+    settings = _settings(args)
+    path: Path = args.trust or settings.trust_file
+    if args.trust_command == "update":
+        documents = [root_file.read_bytes() for root_file in args.roots]
+        try:
+            version = apply_root_chain(path, documents, datetime.now(timezone.utc))
+        except RootRefused as exc:
+            print(f"refused {exc.reason.value}: {exc.detail}", file=sys.stderr)
+            return 1
+        print(f"trusting root version {version} ({path})")
+        return 0
+    trust = TrustStore.load(path)
+    expires = trust.expires.isoformat() if trust.expires else "never"
+    kind = f"root version {trust.root_version}" if trust.root_version else "plain (no root)"
+    print(f"trust      {path}: {kind}, expires {expires}")
+    print(f"threshold  {trust.threshold} of {len(trust.release_keys)} release keys")
+    for keyid in sorted(trust.release_keys):
+        print(f"release    {keyid}{'  revoked' if keyid in trust.revoked else ''}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgefleet-agent", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
@@ -114,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("file", type=Path)
         p.add_argument("--trust", type=Path, help="trust store JSON (default from settings)")
         p.set_defaults(func=cmd_bundle)
+    trust = sub.add_parser("trust", help="show the device's trust or step it to newer roots")
+    tsub = trust.add_subparsers(dest="trust_command", required=True)
+    show = tsub.add_parser("show", parents=[common], help="the trusted root and release keys")
+    update = tsub.add_parser(
+        "update", parents=[common], help="apply root documents, each the next version"
+    )
+    update.add_argument("roots", type=Path, nargs="+", help="root.N.json files in version order")
+    for p in (show, update):
+        p.add_argument("--trust", type=Path, help="trust file (default from settings)")
+        p.set_defaults(func=cmd_trust)
     return parser
 
 

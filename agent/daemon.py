@@ -13,16 +13,30 @@ from types import FrameType
 from typing import Any
 
 from agent import __version__
+from agent.camera import resolve_cameras
+from agent.config_overlay import (
+    ConfigRejected,
+    apply_overlay,
+    load_overlay,
+    merge_patch,
+    save_overlay,
+    settings_with_overlay,
+)
 from agent.deployer import Deployer
+from agent.faults import fault_point_from_env
 from agent.health import SystemHealth, Uptime
-from agent.loader import DEFAULT_PREFERENCES, ModelLoadFailed, load_model
+from agent.health_sources import DeviceHealth, profile_health_sources, with_device_health
+from agent.loader import DEFAULT_PREFERENCES, load_model
+from agent.outbox import Outbox, OutboxPump
 from agent.pipeline import ActiveModel, Pipeline
+from agent.probation import CountingDetector, ModelHealth
 from agent.runtimes.base import RuntimeProbe, probe_runtime
 from agent.session import AgentSession
 from agent.settings import AgentSettings
 from agent.systemd import Notifier
 from agent.telemetry import DetectionBatcher, health_message
-from device_profiles import ProfileError, effective_runtimes
+from agent.trust_update import apply_trust_update
+from device_profiles import ProfileError, RuntimePreference, effective_runtimes
 from device_profiles import detect as detect_profile
 from ota.install import BundleStore, InstalledBundle
 from protocol.codec import encode
@@ -35,7 +49,9 @@ from protocol.messages import (
     RestartPipeline,
     Rollback,
     RuntimeInfo,
+    SetConfig,
     State,
+    TrustUpdate,
 )
 
 log = logging.getLogger(__name__)
@@ -43,8 +59,8 @@ log = logging.getLogger(__name__)
 KNOWN_RUNTIMES = ("tensorrt", "edgetpu", "openvino", "onnx", "litert", "opencv")
 
 
-def choose_profile(forced: str | None) -> tuple[str, tuple[str, ...]]:
-    """The device profile and its runtime preference order (runtime keys, best first)."""
+def choose_profile(forced: str | None) -> tuple[str, tuple[str | RuntimePreference, ...]]:
+    """The device profile and its runtime preferences (runtime, precision, device), best first."""
     try:
         detection = detect_profile(forced=forced)
     except ProfileError as exc:
@@ -54,20 +70,30 @@ def choose_profile(forced: str | None) -> tuple[str, tuple[str, ...]]:
             "event=no_profile reason=%r fallback=%s", str(exc), ",".join(DEFAULT_PREFERENCES)
         )
         return "unknown", DEFAULT_PREFERENCES
-    order = tuple(dict.fromkeys(r.runtime for r in effective_runtimes(detection)))
+    order = tuple(effective_runtimes(detection))
     log.info(
         "event=profile_detected profile=%s accelerators=%s runtimes=%s",
         detection.profile.name,
         ",".join(a.name for a in detection.accelerators_found) or "-",
-        ",".join(order),
+        ",".join(describe_preference(p) for p in order),
     )
     return detection.profile.name, order
+
+
+def describe_preference(preference: str | RuntimePreference) -> str:
+    """`runtime[/device][:precision]` for logs and `edgefleet-agent probe`."""
+    if isinstance(preference, str):
+        return preference
+    device = f"/{preference.device}" if preference.device else ""
+    return f"{preference.runtime}{device}:{preference.precision}"
 
 
 class Agent:
     """One device's agent; `run()` blocks until `stop()` or SIGTERM."""
 
     def __init__(self, settings: AgentSettings, notifier: Notifier | None = None) -> None:
+        # what set-config saved earlier wins over the settings file and the environment
+        settings = settings_with_overlay(settings)
         self.settings = settings
         self.device_id = settings.device_id
         self.data_dir = settings.data_dir
@@ -79,15 +105,26 @@ class Agent:
         self.profile, self.preferences = choose_profile(settings.profile)
         self.store = BundleStore(self.data_dir / "bundles")
         self.session = AgentSession(settings, self.state)
+        # detections and deployment events go to disk first; the pump publishes them from there
+        self.outbox = Outbox(
+            settings.outbox.path or self.data_dir / "outbox.sqlite", settings.outbox
+        )
+        self.pump = OutboxPump(self.outbox, self.session.publish_mid, self.session.connected)
+        self.session.on_ack = self.pump.acked
         self.batcher = DetectionBatcher(
-            publish=lambda payload: self.session.publish(
-                self.session.topics.det(self.device_id), payload, qos=1
+            publish=lambda payload, ids: self.outbox.put(
+                self.session.topics.det(self.device_id), payload, ids
             ),
             device_id=self.device_id,
             max_batch=settings.det_batch_max,
             max_delay=settings.det_flush_s,
         )
-        self.pipeline = Pipeline(settings.cameras, self.batcher.add, self.notifier.watchdog)
+        self.pipeline = Pipeline(
+            resolve_cameras(settings.cameras, self.profile),
+            self.batcher.add,
+            self.notifier.watchdog,
+        )
+        self.device_health = self._device_health()
         self.deployer = Deployer(
             store=self.store,
             downloads=self.data_dir / "downloads",
@@ -98,6 +135,11 @@ class Agent:
             activate=self.activate,
             profile=self.profile,
             request_timeout=settings.chunk_request_timeout_s,
+            max_requests=settings.chunk_request_attempts,
+            health=self.model_health,
+            probation_s=settings.probation_s,
+            max_probation_attempts=settings.max_probation_attempts,
+            fault=fault_point_from_env(),
         )
         self._seen_commands: OrderedDict[str, None] = OrderedDict()
         self._stop = threading.Event()
@@ -136,21 +178,44 @@ class Agent:
                 clean[key] = str(clean[key])[: 4096 if key == "message" else 256]
         event = Event(device=self.device_id, kind=kind, **clean)  # type: ignore[arg-type]
         log.info("event=%s bundle=%s reason=%s", kind, (event.bundle or "-")[:12], event.reason)
-        self.session.publish(self.session.topics.evt(self.device_id), encode(event), qos=1)
+        self.outbox.put(self.session.topics.evt(self.device_id), encode(event), [event.id])
 
     def activate(self, installed: InstalledBundle) -> None:
         """Load `installed` beside the running model and swap it in between two frames."""
         model = load_model(
-            installed, self.probes, self.preferences, threads=self.settings.runtime_threads
+            installed,
+            self.probes,
+            self.preferences,
+            threads=self.settings.runtime_threads,
+            cache_dir=self.data_dir / "engines",
         )
+        # counted per model, so probation judges only the frames this bundle ran on
+        model.detector = CountingDetector(model.detector)
         self._swap(model)
+
+    def model_health(self) -> ModelHealth | None:
+        """Frames and inference errors of the model the pipeline runs now (for probation)."""
+        model = self.pipeline.current()
+        if model is None or not isinstance(model.detector, CountingDetector):
+            return None
+        counted = model.detector
+        return ModelHealth(
+            digest=model.digest,
+            frames=counted.frames,
+            errors=counted.errors,
+            cameras=len(self.settings.cameras),
+            last_error=counted.last_error,
+        )
 
     def _swap(self, model: ActiveModel | None) -> None:
         old = self.pipeline.swap(model)
         self.session.publish_state()
         if old is not None:
-            # let a worker finish the frame it may be running on the old model
-            threading.Timer(2.0, old.close).start()
+            # the new model is in; the old one is closed once no camera is mid-frame on it
+            if self.pipeline.retire(old, timeout=10.0):
+                old.close()
+            else:
+                log.error("event=old_model_still_busy model=%s", old.label)
 
     # ---- commands -------------------------------------------------------------------------
 
@@ -165,19 +230,69 @@ class Agent:
             self._ack(command.id, True, "accepted")
             self.deployer.on_deploy(command)
             return
+        if isinstance(command, SetConfig):
+            self._ack(command.id, *self.set_config(command.config))
+            return
+        if isinstance(command, TrustUpdate):
+            self._ack(command.id, *apply_trust_update(self.settings.trust_file, command))
+            return
         if isinstance(command, Rollback):
             ok = self.deployer.rollback(command.id)
             result = "rolled_back" if ok else "nothing_to_roll_back"
         elif isinstance(command, RestartPipeline):
-            self.pipeline.stop()
-            model = self.pipeline.current()
-            self.pipeline = Pipeline(
-                self.settings.cameras, self.batcher.add, self.notifier.watchdog
-            )
-            self.pipeline.swap(model)
-            self.pipeline.start()
-            result = "restarted"
+            self._ack(command.id, True, "restarted", self.restart_pipeline())
+            return
         self._ack(command.id, ok, result)
+
+    def restart_pipeline(self) -> str:
+        """Stop every camera and start them again from the current settings; says what runs."""
+        self.pipeline.stop()
+        model = self.pipeline.current()
+        self.pipeline = Pipeline(
+            resolve_cameras(self.settings.cameras, self.profile),
+            self.batcher.add,
+            self.notifier.watchdog,
+        )
+        self.pipeline.swap(model)
+        self.pipeline.start()
+        cameras = ",".join(c.id for c in self.settings.cameras) or "none"
+        return f"cameras={cameras} model={model.label if model else 'none'}"
+
+    def set_config(self, patch: dict[str, Any]) -> tuple[bool, str, str]:
+        """Validate, persist, then apply a partial settings document: (ok, result, detail).
+        A refused document changes nothing."""
+        try:
+            saved = load_overlay(self.data_dir)
+        except ConfigRejected as exc:  # a damaged overlay is replaced, not merged
+            log.error("event=runtime_overlay_replaced detail=%r", str(exc))
+            saved = {}
+        try:
+            overlay = merge_patch(saved, patch)
+            new = apply_overlay(self.settings, overlay)
+            save_overlay(self.data_dir, overlay)
+        except ConfigRejected as exc:
+            log.warning("event=set_config_refused reason=%s detail=%r", exc.reason, str(exc))
+            return False, exc.reason, str(exc)[:4096]
+        old, self.settings = self.settings, new
+        self.batcher.max_batch = new.det_batch_max
+        self.batcher.max_delay = new.det_flush_s
+        if isinstance(logging.getLevelName(new.log_level.upper()), int):
+            logging.getLogger().setLevel(new.log_level.upper())
+        if (new.health_sources, new.health_timeout_s) != (old.health_sources, old.health_timeout_s):
+            self.device_health.close()
+            self.device_health = self._device_health()
+        detail = f"applied {', '.join(sorted(patch))}"
+        if new.cameras != old.cameras:
+            detail += "; " + self.restart_pipeline()
+        log.info("event=set_config_applied fields=%s", ",".join(sorted(patch)))
+        return True, "applied", detail
+
+    def _device_health(self) -> DeviceHealth:
+        sources = self.settings.health_sources
+        return DeviceHealth(
+            profile_health_sources(self.profile) if sources is None else sources,
+            timeout=self.settings.health_timeout_s,
+        )
 
     def _ack(self, cmd_id: str, ok: bool, result: str, detail: str = "") -> None:
         ack = Ack(device=self.device_id, cmd_id=cmd_id, ok=ok, result=result, detail=detail)
@@ -186,33 +301,27 @@ class Agent:
     # ---- lifecycle ------------------------------------------------------------------------
 
     def _restore(self) -> None:
-        """Start on the installed bundle; fall back to the previous slot if it will not load."""
-        try:
-            installed = self.store.current()
-        except Exception as exc:
-            log.error("event=store_unreadable error=%r", str(exc))
-            installed = None
-        if installed is None:
-            return
-        try:
-            self.activate(installed)
-        except ModelLoadFailed as exc:
-            log.error("event=restore_failed reason=%s detail=%r", exc.reason, exc.detail)
-            self.deployer.rollback()
+        """Start on the installed bundle (one more probation attempt if it is on trial), or on
+        the previous slot if it will not load."""
+        self.deployer.restore()
 
     def publish_health(self) -> None:
-        message = health_message(self, self.system.sample())
+        message = with_device_health(
+            health_message(self, self.system.sample()), self.device_health.sample()
+        )
         self.session.publish(self.session.topics.health(self.device_id), encode(message), qos=0)
 
     def run(self) -> None:
         self._restore()
         self.session.start()
+        self.pump.start()
         self.pipeline.start()
         self.notifier.ready(f"device {self.device_id}, {len(self.settings.cameras)} camera(s)")
         log.info(
             "event=agent_started device=%s cameras=%d", self.device_id, len(self.settings.cameras)
         )
         next_health = time.monotonic() + min(2.0, self.settings.health_interval_s)
+        resumed = False
         try:
             while not self._stop.is_set():
                 try:
@@ -220,6 +329,10 @@ class Agent:
                 except queue.Empty:
                     item = None
                 try:
+                    if not resumed and self.session.connected.is_set():
+                        # connected first, so the chunk subscription precedes the request
+                        resumed = True
+                        self.deployer.resume()
                     if item is not None and item.kind == "command":
                         self.handle_command(item.payload)
                     elif item is not None and item.digest is not None:
@@ -243,7 +356,12 @@ class Agent:
         self.notifier.stopping()
         self.pipeline.stop()
         self.batcher.flush()
+        if self.session.connected.is_set() and not self.pump.flush(timeout=5.0):
+            log.warning("event=outbox_not_drained depth=%d", self.outbox.depth)
+        self.pump.stop()
         self.session.stop()
+        self.outbox.close()
+        self.device_health.close()
         model = self.pipeline.swap(None)
         if model is not None:
             model.close()

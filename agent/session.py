@@ -63,11 +63,15 @@ class AgentSession:
             retain=True,
         )
         client.max_inflight_messages_set(settings.mqtt.max_inflight)
-        client.max_queued_messages_set(0)  # unbounded until the outbox takes over
+        # unbounded here: the outbox pump caps what it hands paho at its own in-flight window
+        client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        # told of every PUBACK (paho message id); the outbox pump deletes what was acknowledged
+        self.on_ack: Callable[[int], None] = lambda mid: None
         self.client = client
 
     @property
@@ -113,6 +117,10 @@ class AgentSession:
             self._last_qos1 = info
         return info
 
+    def publish_mid(self, topic: str, payload: bytes) -> int:
+        """Publish at QoS 1 and return paho's message id; raises ValueError for a bad message."""
+        return int(self.publish(topic, payload, qos=1).mid)
+
     def subscribe_bundle(self, digest: str) -> None:
         with self._lock:
             self._bundle_subs.add(digest)
@@ -145,6 +153,11 @@ class AgentSession:
     ) -> None:
         self.connected.clear()
         log.warning("event=mqtt_disconnected reason=%r", str(reason))
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        self.on_ack(mid)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:

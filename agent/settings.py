@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from agent.filters import FilterSettings
+from agent.motion import MotionSettings
+from agent.outbox import OutboxSettings
+from agent.tracker import TrackerSettings
+from device_profiles.schema import HealthSource
 from protocol.topics import DEFAULT_PREFIX, validate_device_id
 
 
@@ -36,12 +41,36 @@ class CameraSettings(BaseModel):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = Field(
         "cam0", description="camera name in detections and health"
     )
-    source: str = Field(description="video file path, V4L2 index, RTSP/HTTP URL")
+    source: str = Field(
+        min_length=1,
+        description="video file, V4L2 index or /dev/videoN, rtsp:// or http(s):// (MJPEG) URL, "
+        "GStreamer pipeline (contains '!'), or 'profile' for the device profile's camera",
+    )
     loop: bool = Field(True, description="restart a video file at its end")
     realtime: bool = Field(True, description="pace a video file at its own frame rate")
     fps: Annotated[float, Field(gt=0, le=240)] | None = Field(
         None, description="pacing rate for a file when it does not say its own"
     )
+    rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP media transport")
+    open_timeout_s: Annotated[float, Field(gt=0, le=120)] = Field(
+        10.0, description="give up opening a network source after this long"
+    )
+    read_timeout_s: Annotated[float, Field(gt=0, le=120)] = Field(
+        5.0, description="no frame for this long: the source is frozen and gets reopened"
+    )
+    reconnect_max_s: Annotated[float, Field(ge=0.1, le=600)] = Field(
+        30.0, description="cap of the exponential backoff between reopen attempts"
+    )
+    template: dict[str, int | str] = Field(
+        default_factory=dict,
+        description="values for the profile's source template: sensor_id, index, width, "
+        "height, fps, url",
+    )
+    filters: FilterSettings = Field(
+        default_factory=FilterSettings, description="labels, score, area, zones"
+    )
+    motion: MotionSettings = Field(default_factory=MotionSettings, description="motion gating")
+    tracker: TrackerSettings = Field(default_factory=TrackerSettings, description="tracking")
 
 
 class AgentSettings(BaseSettings):
@@ -61,6 +90,12 @@ class AgentSettings(BaseSettings):
     cameras: list[CameraSettings] = Field(default_factory=list, description="video sources")
     runtime_threads: Annotated[int, Field(ge=1, le=64)] = Field(2, description="CPU threads")
     health_interval_s: Annotated[float, Field(gt=0, le=3600)] = Field(10.0, description="health")
+    health_sources: list[HealthSource] | None = Field(
+        None, description="device health sources to read; None: the device profile's list"
+    )
+    health_timeout_s: Annotated[float, Field(gt=0, le=30)] = Field(
+        2.0, description="longest one health source may take before it is reported unavailable"
+    )
     det_flush_s: Annotated[float, Field(gt=0, le=60)] = Field(
         0.5, description="longest a detection waits before its batch is published"
     )
@@ -68,6 +103,16 @@ class AgentSettings(BaseSettings):
     chunk_request_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
         5.0, description="ask again for missing chunks after this long without progress"
     )
+    chunk_request_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
+        8, description="requests for missing chunks without progress before a download fails"
+    )
+    probation_s: Annotated[float, Field(ge=0, le=3600)] = Field(
+        30.0, description="a new bundle must run healthy this long before it is committed"
+    )
+    max_probation_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
+        3, description="agent starts on a bundle still on probation before it is reverted"
+    )
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="outbox")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
 
     @field_validator("device_id")

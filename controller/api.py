@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -19,13 +20,15 @@ from controller.deploy import (
     BundleInfo,
     BundleStore,
     Deployer,
+    HttpTransportUnavailable,
     PublishError,
     TrustStoreUnavailable,
     UnknownBundle,
     UnknownDevice,
 )
 from controller.ingest import IngestStats
-from ota.errors import BundleRefused
+from controller.trust_push import TrustPushOut, push_roots
+from ota.errors import BundleRefused, RootRefused
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class ApiContext:
     stats: IngestStats
     max_upload_bytes: int
     mqtt_ready: Callable[[], bool] = lambda: True
+    # the controller's own trust file; a root there is stepped forward by POST /api/trust
+    trust_path: Path | None = None
 
 
 class _Out(BaseModel):
@@ -135,6 +140,9 @@ class DeploymentIn(BaseModel):
 
     device: str = Field(pattern=r"^[a-z0-9-]{3,64}$")
     bundle: str = Field(pattern=r"^[0-9a-f]{64}$", description="bundle digest")
+    transport: Literal["auto", "mqtt", "http"] = Field(
+        "auto", description="auto: HTTP range download for large bundles, MQTT chunks otherwise"
+    )
 
 
 class DeploymentOut(_Out):
@@ -315,13 +323,26 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.post("/api/deployments", status_code=202)
     def create_deployment(body: DeploymentIn) -> DeploymentOut:
         try:
-            info = ctx.deployer.deploy(body.device, body.bundle)
+            info = ctx.deployer.deploy(body.device, body.bundle, transport=body.transport)
+        except HttpTransportUnavailable as exc:
+            raise HTTPException(409, str(exc)) from None
         except (UnknownDevice, UnknownBundle) as exc:
             what = "device" if isinstance(exc, UnknownDevice) else "bundle"
             raise HTTPException(404, f"no {what} {exc.args[0]!r}") from None
         except PublishError as exc:
             raise HTTPException(503, f"the command could not be sent: {exc}") from None
         return DeploymentOut.model_validate(info)
+
+    @app.post("/api/trust", status_code=202)
+    async def push_trust(request: Request) -> TrustPushOut:
+        """Body: a root document, or {"roots": [...]}; sent to every device once checked."""
+        body = await request.body()
+        try:
+            return await run_in_threadpool(push_roots, ctx.deployer, body, ctx.trust_path)
+        except RootRefused as exc:
+            raise HTTPException(422, {"reason": exc.reason.value, "detail": exc.detail}) from None
+        except PublishError as exc:
+            raise HTTPException(503, f"the command could not be sent: {exc}") from None
 
     @app.get("/api/deployments")
     def list_deployments(limit: Limit = 100, device: str | None = None) -> list[DeploymentOut]:

@@ -72,7 +72,8 @@ class BundleInfo:
     def chunks(self) -> int:
         return -(-self.size // self.chunk_size)
 
-    def offer(self) -> BundleOffer:
+    def offer(self, url: str | None = None) -> BundleOffer:
+        """The Deploy command's description of this bundle; raises ValidationError on a bad url."""
         return BundleOffer(
             name=self.name,
             version=self.version,
@@ -80,6 +81,7 @@ class BundleInfo:
             size=self.size,
             chunk_size=self.chunk_size,
             chunks=self.chunks,
+            url=url,
         )
 
     @classmethod

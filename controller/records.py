@@ -72,6 +72,7 @@ def _detection_rows(batch: DetectionBatch, received: float) -> list[dict[str, An
             "device": batch.device,
             "camera": det.camera,
             "track_id": det.track_id,
+            "event": det.event,
             "label": det.label,
             "score": det.score,
             "x1": det.box.x1,

@@ -12,26 +12,6 @@ from controller.model_fetch import PINNED_MODELS, ModelFetchError, fetch_all, fe
 from controller.recipes import load_spec
 from ota.build import build_bundle
 from ota.keys import SigningKey
-from ota.trust import TrustStore
-
-
-def cmd_keys_init(args: argparse.Namespace) -> int:
-    folder: Path = args.dir
-    folder.mkdir(parents=True, exist_ok=True)
-    keys = []
-    for index in range(args.count):
-        path = folder / f"release-{index + 1}.pem"
-        if path.exists() and not args.force:
-            print(f"edgefleet: {path} exists; use --force to replace it", file=sys.stderr)
-            return 1
-        key = SigningKey.generate()
-        key.save(path)
-        keys.append(key)
-        print(f"release key {key.keyid[:16]}… → {path} (0600)")
-    trust = TrustStore.from_keys([k.public_key() for k in keys], threshold=args.threshold)
-    trust.save(folder / "trust.json")
-    print(f"trust store (threshold {args.threshold}) → {folder / 'trust.json'}; copy it to devices")
-    return 0
 
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:
@@ -71,17 +51,6 @@ def cmd_bundle_build(args: argparse.Namespace) -> int:
         + ",".join(v.runtime for v in built.manifest.variants)
     )
     return 0
-
-
-def add_keys_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("keys", help="release keys and the devices' trust store")
-    sub = parser.add_subparsers(dest="keys_command", required=True)
-    init = sub.add_parser("init", help="make release keys and a trust store")
-    init.add_argument("--dir", type=Path, default=Path("keys"))
-    init.add_argument("--count", type=int, default=1, help="number of release keys")
-    init.add_argument("--threshold", type=int, default=1, help="signatures a bundle needs")
-    init.add_argument("--force", action="store_true", help="replace existing key files")
-    init.set_defaults(func=cmd_keys_init)
 
 
 def add_models_parser(subparsers: Any) -> None:

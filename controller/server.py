@@ -66,7 +66,15 @@ class Controller:
         self.bundles = BundleStore(s.bundle_dir, self.sessions, verifier, s.chunk_size)
         self.publisher = Publisher(s.mqtt, s.max_inflight, f"{s.mqtt.client_id}-pub").start()
         self.chunks = ChunkServer(self.publisher, self.bundles, topics, s.chunk_coalesce_s).start()
-        self.deployer = Deployer(self.sessions, self.bundles, self.publisher, self.chunks, topics)
+        self.deployer = Deployer(
+            self.sessions,
+            self.bundles,
+            self.publisher,
+            self.chunks,
+            topics,
+            public_url=lambda: s.resolved_public_url(self.http_port),
+            http_transfer_bytes=s.http_transfer_bytes,
+        )
         self.ingest = Ingest(
             s.mqtt, s.ingest, self.sessions, hooks=[self.deployer], stats=self.stats
         ).start()
@@ -79,6 +87,7 @@ class Controller:
                 stats=self.stats,
                 max_upload_bytes=s.max_bundle_bytes,
                 mqtt_ready=lambda: self.ingest.ready and self.publisher.ready,
+                trust_path=s.resolved_trust_path(),
             )
         )
         self._serve_http(timeout)

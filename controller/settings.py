@@ -104,12 +104,33 @@ class ControllerSettings(BaseSettings):
     max_bundle_bytes: int = Field(
         1 << 30, gt=0, description="largest bundle upload the API accepts"
     )
+    public_url: str = Field(
+        "",
+        pattern=r"^(https?://[^\s/]+(/[^\s]*)?)?$",
+        description="base URL agents use to reach the REST API (bundle downloads); empty "
+        "means http://<http.host>:<listening port>",
+    )
+    http_transfer_bytes: int = Field(
+        8 << 20,
+        ge=1,
+        description="bundles of this size or larger are offered over HTTP range download "
+        "instead of MQTT chunks",
+    )
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file inside data_dir."""
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'controller.db').resolve()}"
+
+    def resolved_public_url(self, port: int | None = None) -> str:
+        """The API base URL agents download from, without a trailing slash."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.http.host
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a comparison, not a bind
+            host = socket.getfqdn()  # listening everywhere: devices need a name, not 0.0.0.0
+        return f"http://{host}:{port if port is not None else self.http.port}"
 
     def resolved_trust_path(self) -> Path:
         return self.trust_path if self.trust_path is not None else self.data_dir / "trust.json"

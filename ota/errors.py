@@ -32,6 +32,11 @@ class RefusalReason(str, Enum):
     TOO_LARGE = "too_large"
     # fit for this device
     INCOMPATIBLE_PROFILE = "incompatible_profile"
+    # the root document that says which keys count
+    MALFORMED_ROOT = "malformed_root"
+    ROOT_THRESHOLD_NOT_MET = "root_threshold_not_met"
+    ROOT_VERSION = "root_version"
+    NO_ROOT = "no_root"
 
     def __str__(self) -> str:
         return self.value
@@ -47,4 +52,16 @@ class BundleRefused(Exception):
 
     def __reduce__(self) -> tuple[type[BundleRefused], tuple[RefusalReason, str]]:
         # the default rebuilds from the message alone, which __init__ cannot take
+        return (type(self), (self.reason, self.detail))
+
+
+class RootRefused(ValueError):
+    """A root document that must not become the device's trust, with the reason."""
+
+    def __init__(self, reason: RefusalReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[type[RootRefused], tuple[RefusalReason, str]]:
         return (type(self), (self.reason, self.detail))

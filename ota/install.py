@@ -1,8 +1,13 @@
 """Install verified bundles into A/B slots and switch between them atomically (device side).
 
 Layout under `root`: `slots/a`, `slots/b` (each `files/…`, `manifest.json`, `install.json`),
-`current` (which slot is live) and `versions.json` (the anti-rollback floor per bundle name).
-One process owns a store at a time.
+`current` (which slot is live, and whether it is still on probation) and `versions.json` (the
+anti-rollback floor per bundle name). One process owns a store at a time.
+
+A fresh install is current in state `probation`; the agent counts each start of it
+(`begin_attempt`) and calls `commit` once it proved healthy. While a bundle is on probation the
+other slot keeps the last committed one, and a further install replaces the probation bundle
+rather than that fallback.
 """
 
 from __future__ import annotations
@@ -10,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Annotated, BinaryIO, Literal
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ota.atomic import fsync_dir, write_atomic
 from ota.errors import BundleRefused, RefusalReason
@@ -25,6 +31,10 @@ from ota.unpack import DirectorySink
 from ota.verify import DEFAULT_CLOCK_SKEW, DEFAULT_MAX_BUNDLE_BYTES, verify_bundle
 
 Slot = Literal["a", "b"]
+PointerState = Literal["probation", "committed"]
+# called with "unpack" after each file lands in the slot and "switch" just before the pointer
+# moves; the agent's fault injection hooks in here
+StageHook = Callable[[str], None]
 _OTHER: dict[Slot, Slot] = {"a": "b", "b": "a"}
 _FLOORS = TypeAdapter(dict[str, int])
 _CHUNK = 1 << 20
@@ -43,6 +53,13 @@ class SlotRecord(BaseModel):
     digest: str
     name: str
     version: int
+
+
+class Pointer(SlotRecord):
+    """The `current` pointer: a slot record plus its probation state and start count."""
+
+    state: PointerState = "committed"
+    attempts: Annotated[int, Field(ge=0)] = 0
 
 
 @dataclass(frozen=True)
@@ -79,11 +96,11 @@ class BundleStore:
         *,
         max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
         clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
+        on_stage: StageHook | None = None,
     ) -> InstalledBundle:
-        """Verify `bundle_path` into the idle slot and make it current.
+        """Verify `bundle_path` into the idle slot and make it current, on probation.
         Raises BundleRefused (the current slot is untouched), StoreCorrupt, OSError."""
-        pointer = self._read_pointer()
-        slot: Slot = "a" if pointer is None else _OTHER[pointer.slot]
+        slot = self._target_slot()
         slot_dir = self._slot_dir(slot)
         self._wipe(slot_dir)
         try:
@@ -95,7 +112,7 @@ class BundleStore:
                     now,
                     installed_version=self.installed_version,
                     profile=profile,
-                    sink=DirectorySink(slot_dir / "files"),
+                    sink=_StagedSink(slot_dir / "files", on_stage),
                     max_bundle_bytes=max_bundle_bytes,
                     clock_skew=clock_skew,
                 )
@@ -113,8 +130,39 @@ class BundleStore:
             raise
         # floor before pointer: a crash in between leaves the floor high, never low
         self._raise_floor(manifest.name, manifest.version)
-        write_atomic(self.root / "current", _record_bytes(record))
+        if on_stage is not None:
+            on_stage("switch")
+        self._write_pointer(Pointer(**record.model_dump(), state="probation"))
         return InstalledBundle(slot_dir=slot_dir, digest=digest, manifest=manifest)
+
+    def pointer(self) -> Pointer | None:
+        """The `current` pointer as stored, or None before the first install.
+        Raises StoreCorrupt, OSError."""
+        return self._read_pointer()
+
+    def begin_attempt(self) -> int:
+        """Count one more start of the bundle on probation, durably; returns the count.
+        Raises StoreCorrupt (no bundle on probation), OSError."""
+        pointer = self._read_pointer()
+        if pointer is None or pointer.state != "probation":
+            raise StoreCorrupt("no bundle is on probation")
+        attempts = pointer.attempts + 1
+        self._write_pointer(pointer.model_copy(update={"attempts": attempts}))
+        return attempts
+
+    def commit(self, digest: str) -> None:
+        """Mark the bundle on probation as proven. Raises StoreCorrupt (it is not current,
+        or not on probation), OSError."""
+        pointer = self._read_pointer()
+        if pointer is None or pointer.digest != digest:
+            raise StoreCorrupt(f"bundle {digest[:12]} is not current")
+        if pointer.state != "committed":
+            self._write_pointer(pointer.model_copy(update={"state": "committed"}))
+
+    def clear(self) -> None:
+        """Forget the current bundle (nothing to fall back to); the slots stay. Raises OSError."""
+        (self.root / "current").unlink(missing_ok=True)
+        fsync_dir(self.root)
 
     def current(self) -> InstalledBundle | None:
         """The live bundle, or None before the first install. Raises StoreCorrupt, OSError."""
@@ -141,14 +189,27 @@ class BundleStore:
         bundle = self._load_slot(slot, check_files=True)
         if bundle is None:
             return None
-        record = SlotRecord(
-            slot=slot,
-            digest=bundle.digest,
-            name=bundle.manifest.name,
-            version=bundle.manifest.version,
-        )
-        write_atomic(self.root / "current", _record_bytes(record))
+        # what the agent falls back to is the bundle that ran before: no probation again
+        self._write_pointer(_pointer_to(bundle))
         return bundle
+
+    def _target_slot(self) -> Slot:
+        """The slot a new install goes to; never the one holding the last committed bundle."""
+        pointer = self._read_pointer()
+        if pointer is None:
+            return "a"
+        if pointer.state == "committed":
+            return _OTHER[pointer.slot]
+        fallback = self._load_slot(_OTHER[pointer.slot], check_files=False)
+        if fallback is None:
+            return _OTHER[pointer.slot]  # nothing committed to keep: the idle slot is free
+        # the fallback is in the other slot: point back at it before the probation slot is
+        # wiped, so a crash or a refusal from here on leaves the fallback current
+        self._write_pointer(_pointer_to(fallback))
+        return pointer.slot
+
+    def _write_pointer(self, pointer: Pointer) -> None:
+        write_atomic(self.root / "current", canonical_json(pointer.model_dump(mode="json")))
 
     def _slot_dir(self, slot: Slot) -> Path:
         return self.root / "slots" / slot
@@ -158,13 +219,14 @@ class BundleStore:
         slot_dir.mkdir(parents=True)
         fsync_dir(slot_dir.parent)
 
-    def _read_pointer(self) -> SlotRecord | None:
+    def _read_pointer(self) -> Pointer | None:
         try:
             data = (self.root / "current").read_bytes()
         except FileNotFoundError:
             return None
         try:
-            return SlotRecord.model_validate_json(data)
+            # a pointer written before probation existed has no state: it was committed
+            return Pointer.model_validate_json(data)
         except ValidationError as exc:
             raise StoreCorrupt(f"unreadable current pointer: {exc}") from exc
 
@@ -215,6 +277,30 @@ def _files_intact(bundle: InstalledBundle) -> bool:
 
 def _record_bytes(record: SlotRecord) -> bytes:
     return canonical_json(record.model_dump(mode="json"))
+
+
+def _pointer_to(bundle: InstalledBundle) -> Pointer:
+    slot: Slot = "a" if bundle.slot_dir.name == "a" else "b"
+    return Pointer(
+        slot=slot,
+        digest=bundle.digest,
+        name=bundle.manifest.name,
+        version=bundle.manifest.version,
+        state="committed",
+    )
+
+
+class _StagedSink(DirectorySink):
+    """A DirectorySink that reports each file it made final to the install's stage hook."""
+
+    def __init__(self, dest_dir: Path, on_stage: StageHook | None) -> None:
+        super().__init__(dest_dir)
+        self._on_stage = on_stage
+
+    def commit(self, path: str) -> None:
+        super().commit(path)
+        if self._on_stage is not None:
+            self._on_stage("unpack")
 
 
 class _DigestingReader:

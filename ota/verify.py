@@ -25,7 +25,7 @@ MAX_MANIFEST_BYTES = 1 << 20
 MAX_SIGNATURE_BYTES = 64 << 10
 DEFAULT_MAX_BUNDLE_BYTES = 8 << 30
 DEFAULT_CLOCK_SKEW = timedelta(minutes=5)
-_CHUNK = 64 << 10
+_CHUNK = 1 << 20
 # only plain files; CONTTYPE and GNU sparse members are regular to tarfile but not to us
 _PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 
@@ -75,13 +75,16 @@ def verify_bundle(
     if now.tzinfo is None:
         raise ValueError("now must carry a UTC offset")
     try:
+        if trust.expires is not None and now > trust.expires + clock_skew:
+            # an expired root vouches for nothing, however good the signatures
+            raise BundleRefused(R.EXPIRED, f"trust root expired {trust.expires.isoformat()}")
         capped = _CappedReader(stream, max_bundle_bytes)
         try:
             # "r|": strictly sequential, uncompressed; no seeking, so nothing is read twice
-            with tarfile.open(fileobj=capped, mode="r|") as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=capped, mode="r|", bufsize=_CHUNK) as tar:  # type: ignore[call-overload]
                 manifest = _read_head(tar, trust)
                 _check_manifest(manifest, now, installed_version, profile, clock_skew)
-                _read_files(tar, manifest, max_bundle_bytes, sink)
+                _read_files(tar, capped, manifest, max_bundle_bytes, sink)
         except (tarfile.TarError, EOFError) as exc:
             raise BundleRefused(R.MALFORMED_BUNDLE, f"not a readable tar: {exc}") from exc
     except BaseException:
@@ -198,7 +201,11 @@ def _check_manifest(
 
 
 def _read_files(
-    tar: tarfile.TarFile, manifest: Manifest, max_bundle_bytes: int, sink: FileSink | None
+    tar: tarfile.TarFile,
+    capped: _CappedReader,
+    manifest: Manifest,
+    max_bundle_bytes: int,
+    sink: FileSink | None,
 ) -> None:
     expected = manifest.all_files()
     total = sum(entry.size for entry in expected.values())
@@ -210,7 +217,7 @@ def _read_files(
         if path in seen:
             raise BundleRefused(R.DUPLICATE_FILE, f"{member.name} appears twice")
         seen.add(path)
-        _stream_file(tar, member, expected[path], sink)
+        _stream_file(tar, capped, member, expected[path], sink)
     missing = sorted(set(expected) - seen)
     if missing:
         raise BundleRefused(R.MISSING_FILE, f"{len(missing)} listed files absent: {missing[0]}")
@@ -230,21 +237,29 @@ def _listed_path(member: tarfile.TarInfo, expected: dict[str, FileEntry]) -> str
 
 
 def _stream_file(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry, sink: FileSink | None
+    tar: tarfile.TarFile,
+    capped: _CappedReader,
+    member: tarfile.TarInfo,
+    entry: FileEntry,
+    sink: FileSink | None,
 ) -> None:
     # checked before reading, so a member longer than listed is never read at all
     if member.size != entry.size:
         raise BundleRefused(
             R.SIZE_MISMATCH, f"{entry.path} is {member.size} bytes, listed {entry.size}"
         )
-    source = tar.extractfile(member)
+    # read straight from the tar stream: extractfile's buffered wrapper copies every byte twice
+    source = tar.fileobj
     if source is None:
-        raise BundleRefused(R.UNSAFE_MEMBER, f"{member.name!r} has no content")
+        raise BundleRefused(R.MALFORMED_BUNDLE, f"{member.name!r} has no content")
     out = sink.open(entry.path) if sink is not None else None
     digest = hashlib.sha256()
     remaining = entry.size
     while remaining:
-        chunk = source.read(min(_CHUNK, remaining))
+        # what tarfile already read ahead is drained first, whole, and then whole blocks of its
+        # read size: both come back without tarfile splicing buffers, i.e. without a copy
+        ahead = capped.count - source.tell()
+        chunk = source.read(min(ahead if ahead > 0 else _CHUNK, remaining))
         if not chunk:
             raise BundleRefused(R.MALFORMED_BUNDLE, f"{entry.path} is truncated")
         remaining -= len(chunk)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -26,6 +26,8 @@ ShortText = Annotated[str, Field(max_length=256)]
 Text = Annotated[str, Field(max_length=4096)]
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+# http(s) only, no whitespace or control characters, bounded so a command stays small
+HttpUrlText = Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s\x00-\x1f]+$")]
 
 
 def new_id() -> str:
@@ -97,8 +99,26 @@ class CameraHealth(WireModel):
     frames_in: Annotated[int, Field(ge=0)] = 0
     frames_processed: Annotated[int, Field(ge=0)] = 0
     frames_skipped: Annotated[int, Field(ge=0)] = 0
+    skipped_busy: Annotated[int, Field(ge=0)] = 0
+    skipped_motion: Annotated[int, Field(ge=0)] = 0
     inference_ms: NonNeg = 0.0
     latency_ms: NonNeg = 0.0
+    reconnects: Annotated[int, Field(ge=0)] = 0
+    last_error: ShortText = ""
+    since: NonNeg | None = Field(None, description="unix time `connected` last changed")
+
+
+class AcceleratorHealth(WireModel):
+    """One accelerator (or the memory controller feeding it); None: the source does not say."""
+
+    name: Ident
+    kind: Literal["gpu", "tpu", "vpu", "npu", "emc"]
+    load_percent: NonNeg | None = None
+    clock_mhz: NonNeg | None = None
+    memory_used_mb: NonNeg | None = None
+    memory_total_mb: NonNeg | None = None
+    temperature_c: float | None = None
+    power_w: NonNeg | None = None
 
 
 class Health(Envelope):
@@ -114,7 +134,16 @@ class Health(Envelope):
     )
     cameras: Annotated[tuple[CameraHealth, ...], Field(max_length=64)] = ()
     outbox_depth: Annotated[int, Field(ge=0)] = 0
+    outbox_dropped: Annotated[int, Field(ge=0)] = 0
     mqtt_reconnects: Annotated[int, Field(ge=0)] = 0
+    cpu_cores_percent: Annotated[tuple[NonNeg, ...], Field(max_length=256)] = ()
+    accelerators: Annotated[tuple[AcceleratorHealth, ...], Field(max_length=16)] = ()
+    throttling: Annotated[dict[ShortText, bool], Field(max_length=32)] = Field(
+        default_factory=dict, description="decoded throttling flags, e.g. under_voltage_now"
+    )
+    power_w: Annotated[dict[ShortText, NonNeg], Field(max_length=32)] = Field(
+        default_factory=dict, description="power rails, watts now"
+    )
     unavailable: Annotated[dict[ShortText, ShortText], Field(max_length=64)] = Field(
         default_factory=dict, description="health sources that could not be read, and why"
     )
@@ -135,6 +164,9 @@ class Detection(WireModel):
     )
     camera: Ident
     track_id: Annotated[int, Field(ge=0)] | None = None
+    # a track's first sighting, a material change, or its end; older agents sent one
+    # detection per frame, which reads best as an update
+    event: Literal["start", "update", "end"] = "update"
     label: ShortText
     score: Score
     box: Box
@@ -203,6 +235,9 @@ class BundleOffer(WireModel):
     size: Annotated[int, Field(gt=0)]
     chunk_size: Annotated[int, Field(gt=0, le=1 << 20)]
     chunks: Annotated[int, Field(gt=0)]
+    url: HttpUrlText | None = Field(
+        None, description="when set, fetch the bytes over HTTP range requests instead of chunks"
+    )
 
 
 class Deploy(Envelope):
@@ -218,6 +253,26 @@ class RestartPipeline(Envelope):
     type: Literal["restart-pipeline"] = "restart-pipeline"
 
 
-Command = Annotated[Deploy | Rollback | RestartPipeline, Field(discriminator="type")]
+class SetConfig(Envelope):
+    """A partial agent settings document; the agent validates it and answers in its ack."""
+
+    type: Literal["set-config"] = "set-config"
+    config: Annotated[dict[ShortText, Any], Field(max_length=64)]
+
+
+class TrustUpdate(Envelope):
+    """New root documents for the device's trust, oldest first, each the next version."""
+
+    type: Literal["trust-update"] = "trust-update"
+    # JSON text as signed; the agent checks the signatures, so nothing is normalised here
+    roots: Annotated[
+        tuple[Annotated[str, Field(min_length=2, max_length=64 << 10)], ...],
+        Field(min_length=1, max_length=3),
+    ]
+
+
+Command = Annotated[
+    Deploy | Rollback | RestartPipeline | TrustUpdate | SetConfig, Field(discriminator="type")
+]
 AgentMessage = State | Health | DetectionBatch | Event | Ack
-Message = AgentMessage | Deploy | Rollback | RestartPipeline
+Message = AgentMessage | Deploy | Rollback | RestartPipeline | TrustUpdate | SetConfig

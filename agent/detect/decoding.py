@@ -20,6 +20,8 @@ from ota.manifest import InputSpec, PostprocessSpec
 DECODER_MODULES: dict[str, str] = {
     "blazeface": "agent.detect.blazeface",
     "centerface": "agent.detect.centerface",
+    "ssd": "agent.detect.ssd",
+    "yolo": "agent.detect.yolo",
 }
 
 

@@ -68,7 +68,8 @@ class Detector:
         self._quantization = details.quantization if details.quantized else None
         self._output_quantization = [o.quantization for o in runtime.output_details()]
         self._decoder: Decoder = build_decoder(input_spec, postprocess_spec)
-        self._input = np.empty(details.shape, dtype=details.dtype)
+        # from the spec, not the model: a model with free dimensions reports them as -1
+        self._input = np.empty(input_shape(input_spec), dtype=details.dtype)
         self.last_times = StageTimes()
 
     def detect(self, frame_bgr: np.ndarray) -> list[Detection]:
@@ -113,7 +114,11 @@ class Detector:
 
 def _check_input(details: TensorDetails, spec: InputSpec) -> None:
     expected = input_shape(spec)
-    if details.shape != expected:
+    # a free (-1) dimension of the model takes whatever size the spec declares
+    fits = len(details.shape) == len(expected) and all(
+        d == e or d < 0 for d, e in zip(details.shape, expected, strict=True)
+    )
+    if not fits:
         raise DetectorConfigError(
             f"model input {details.shape} does not match the declared {spec.layout} "
             f"{spec.width}x{spec.height} input {expected}"

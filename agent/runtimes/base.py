@@ -11,16 +11,22 @@ import abc
 import importlib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
 _KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+# the device a plain CPU runtime runs on, in the spelling device profiles use
+CPU_DEVICE = "CPU"
+
+_R = TypeVar("_R", bound="Runtime")
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,9 @@ class RuntimeProbe:
     key: str
     available: bool
     reason: str
+    # devices this runtime can target here, in profile spelling ("CPU", "CUDA", "MYRIAD");
+    # empty means the plugin does not say, and any device a profile names is tried
+    devices: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,20 @@ class TensorDetails:
     @property
     def quantized(self) -> bool:
         return self.quantization[0] != 0.0
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """What a device profile and a bundle variant ask of a runtime beyond the model file."""
+
+    # a device profile's device name ("CPU", "CUDA", "EDGETPU", "MYRIAD"); None: plugin's choice
+    device: str | None = None
+    # precision to build for, where the runtime compiles the model itself (TensorRT)
+    precision: str | None = None
+    # a folder the runtime may keep compiled artefacts in (TensorRT engines) across restarts
+    cache_dir: Path | None = None
+    # an INT8 calibration cache carried in the bundle
+    calibration_cache: Path | None = None
 
 
 class RuntimePluginError(Exception):
@@ -78,14 +101,30 @@ class Runtime(abc.ABC):
         self.num_threads = num_threads
 
     @classmethod
+    def create(
+        cls: type[_R], *, num_threads: int | None = None, options: RuntimeOptions | None = None
+    ) -> _R:
+        """A runtime set up as `options` ask (device, build precision, cache folder).
+
+        Plugins that can target more than the CPU override this; a CPU runtime runs the
+        variant's own precision. Raises RuntimeUnavailableError for a device it cannot target.
+        """
+        device = options.device if options is not None else None
+        if device not in (None, CPU_DEVICE):
+            raise RuntimeUnavailableError(f"the {cls.KEY} plugin cannot target device {device}")
+        return cls(num_threads=num_threads)
+
+    @classmethod
     @abc.abstractmethod
     def probe(cls) -> RuntimeProbe:
         """Check that the runtime imports and its device is present; never raises."""
 
     @abc.abstractmethod
-    def load(self, model_path: Path) -> None:
+    def load(self, model_path: Path, *, input_shape: Sequence[int] | None = None) -> None:
         """Load a model and prepare it to run.
 
+        `input_shape` is the batch-of-one input the bundle declares (-1 for a free dimension);
+        a plugin plans for it where the model file declares another or a free size.
         Raises RuntimeUnavailableError or ModelLoadError.
         """
 

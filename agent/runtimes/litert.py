@@ -12,6 +12,7 @@ import importlib
 import importlib.metadata
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,20 @@ def _details(raw: dict[str, Any]) -> TensorDetails:
     )
 
 
+def resize_input(interpreter: Any, detail: dict[str, Any], wanted: Sequence[int]) -> None:
+    """Resize the interpreter's input to `wanted` where it differs (-1 keeps the model's size).
+
+    Not strict: a fully convolutional model exported at a fixed size runs at others too, and
+    one that cannot fails in allocate_tensors. Raises ValueError for a rank mismatch.
+    """
+    current = [int(d) for d in detail["shape"]]
+    if len(wanted) != len(current):
+        raise ValueError(f"input shape {tuple(wanted)} does not fit the model's {tuple(current)}")
+    target = [c if int(w) < 0 else int(w) for w, c in zip(wanted, current, strict=True)]
+    if target != current:
+        interpreter.resize_tensor_input(int(detail["index"]), target, strict=False)
+
+
 class LiteRTRuntime(Runtime):
     """A LiteRT interpreter on the CPU (XNNPACK where the build has it)."""
 
@@ -93,20 +108,25 @@ class LiteRTRuntime(Runtime):
             return RuntimeProbe(key=cls.KEY, available=False, reason=str(exc))
         return RuntimeProbe(key=cls.KEY, available=True, reason=f"{source} on CPU")
 
-    def load(self, model_path: Path) -> None:
-        interpreter_class, source = _import_interpreter()
+    def load(self, model_path: Path, *, input_shape: Sequence[int] | None = None) -> None:
+        """Load a .tflite model; `input_shape` (-1 keeps the model's size on that axis)
+        resizes the input when the model declares another size.
+
+        Raises RuntimeUnavailableError or ModelLoadError.
+        """
         # a failed load leaves any model already loaded in place
+        interpreter, source = self._open_interpreter(model_path)
         try:
-            interpreter = interpreter_class(
-                model_path=str(model_path), num_threads=self.num_threads
-            )
+            inputs = interpreter.get_input_details()
+            if len(inputs) != 1:
+                raise ModelLoadError(f"{model_path} has {len(inputs)} inputs; one is supported")
+            if input_shape is not None:
+                resize_input(interpreter, inputs[0], input_shape)
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(f"LiteRT could not load {model_path}: {exc}") from exc
 
         inputs = interpreter.get_input_details()
-        if len(inputs) != 1:
-            raise ModelLoadError(f"{model_path} has {len(inputs)} inputs; one is supported")
         raw_outputs = sorted(
             interpreter.get_output_details(),
             key=lambda d: (_natural_key(str(d["name"])), int(d["index"])),
@@ -125,6 +145,21 @@ class LiteRTRuntime(Runtime):
             self._input.shape,
             [o.name for o in self._outputs],
         )
+
+    def _open_interpreter(self, model_path: Path) -> tuple[Any, str]:
+        """A new interpreter on the model, and where it came from; the Edge TPU plugin adds
+        its delegate here.
+
+        Raises RuntimeUnavailableError or ModelLoadError.
+        """
+        interpreter_class, source = _import_interpreter()
+        try:
+            interpreter = interpreter_class(
+                model_path=str(model_path), num_threads=self.num_threads
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelLoadError(f"LiteRT could not load {model_path}: {exc}") from exc
+        return interpreter, source
 
     def input_details(self) -> TensorDetails:
         if self._input is None:

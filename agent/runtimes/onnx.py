@@ -25,6 +25,7 @@ from agent.runtimes.base import (
     InferenceError,
     ModelLoadError,
     Runtime,
+    RuntimeOptions,
     RuntimeProbe,
     RuntimeUnavailableError,
     TensorDetails,
@@ -48,6 +49,19 @@ _ORT_TYPES = {
     "tensor(int32)": np.int32,
     "tensor(int64)": np.int64,
     "tensor(bool)": np.bool_,
+}
+
+# execution provider -> the device name device profiles use for it
+PROVIDER_DEVICES = {
+    "TensorrtExecutionProvider": "TensorRT",
+    "CUDAExecutionProvider": "CUDA",
+    "CPUExecutionProvider": "CPU",
+}
+# profile device -> providers to ask for; CUDA lets ORT's TensorRT provider stand aside
+DEVICE_PROVIDERS = {
+    "TensorRT": ("TensorrtExecutionProvider",),
+    "CUDA": ("CUDAExecutionProvider",),
+    "CPU": ("CPUExecutionProvider",),
 }
 
 # ORT's warning level is 2; CenterFace alone logs a hundred "initializer in graph inputs" lines.
@@ -111,6 +125,22 @@ class OnnxRuntime(Runtime):
         self._dynamic_axes: tuple[int, ...] = ()
 
     @classmethod
+    def create(
+        cls, *, num_threads: int | None = None, options: RuntimeOptions | None = None
+    ) -> OnnxRuntime:
+        """An ONNX Runtime session aimed at a profile device (TensorRT, CUDA, CPU).
+
+        Raises RuntimeUnavailableError for a device no execution provider serves.
+        """
+        device = options.device if options is not None else None
+        if device is None:
+            return cls(num_threads=num_threads)
+        providers = DEVICE_PROVIDERS.get(device)
+        if providers is None:
+            raise RuntimeUnavailableError(f"no ONNX Runtime execution provider for {device}")
+        return cls(num_threads=num_threads, providers=providers)
+
+    @classmethod
     def probe(cls) -> RuntimeProbe:
         try:
             ort = _import_ort()
@@ -129,6 +159,7 @@ class OnnxRuntime(Runtime):
             key=cls.KEY,
             available=True,
             reason=f"onnxruntime {version}; providers {', '.join(usable)}",
+            devices=frozenset(PROVIDER_DEVICES[p] for p in usable),
         )
 
     def load(self, model_path: Path, *, input_shape: Sequence[int] | None = None) -> None:

@@ -11,7 +11,7 @@ def test_probe_reports_profile_preference_and_litert(capsys):
     assert main(["probe", "--json", "--profile", "intel-ncs2"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["profile"] == "intel-ncs2"
-    assert report["preference"][0] == "openvino"
+    assert report["preference"][0].startswith("openvino/MYRIAD")
     litert = next(r for r in report["runtimes"] if r["runtime"] == "litert")
     assert litert["available"] is True
 

@@ -10,6 +10,7 @@ import pytest
 
 from agent.deployer import Deployer
 from agent.loader import ModelLoadFailed, load_model
+from agent.probation import ModelHealth
 from agent.runtimes.base import probe_runtime
 from ota.install import BundleStore
 from protocol.codec import Chunk
@@ -172,3 +173,209 @@ def test_loader_picks_litert_and_says_why_others_were_passed_over(tmp_path, trus
     with pytest.raises(ModelLoadFailed) as err:
         load_model(installed, probes, ("onnx",))
     assert err.value.reason == "no_runtime"
+
+
+# ---- probation, restart and stalls ------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class PipelineHealth:
+    """The health a pipeline running the last activated bundle would report; settable."""
+
+    def __init__(self, rec):
+        self.rec = rec
+        self.frames, self.errors = 10, 0
+
+    def __call__(self):
+        if not self.rec.activated:
+            return None
+        digest = self.rec.activated[-1].digest
+        return ModelHealth(digest=digest, frames=self.frames, errors=self.errors, cameras=1)
+
+
+def _on_probation(tmp_path, trust, build_blazeface, rec, **kw):
+    """v1 committed, v2 installed and on a 30 s probation; returns deployer, clock, v1, v2."""
+    kw.setdefault("health", PipelineHealth(rec))
+    deployer = _deployer(tmp_path, trust, rec, probation_s=30.0, **kw)
+    clock = Clock()
+    deployer.installer.monotonic = clock
+    first, second = build_blazeface(version=1), build_blazeface(version=2)
+    assert deployer.install(first.path, digest=first.digest)
+    clock.now += 31
+    deployer.tick()
+    assert deployer.store.pointer().state == "committed"
+    rec.events.clear()
+    assert deployer.install(second.path, digest=second.digest)
+    return deployer, clock, first, second
+
+
+def test_a_new_bundle_runs_only_after_a_healthy_probation_window(tmp_path, trust, build_blazeface):
+    rec = Recorder()
+    deployer, clock, _, second = _on_probation(
+        tmp_path, trust, build_blazeface, rec, health=PipelineHealth(rec)
+    )
+    assert rec.kinds()[-1] == "probation"
+    assert deployer.store.pointer().state == "probation"
+    clock.now += 29
+    deployer.tick()
+    assert "running" not in rec.kinds()
+    clock.now += 2
+    deployer.tick()
+    assert rec.kinds()[-1] == "running"
+    assert rec.events[-1][1]["bundle"] == second.digest
+    assert deployer.store.pointer().state == "committed"
+
+
+@pytest.mark.parametrize(
+    ("frames", "errors", "reason"), [(10, 3, "inference_errors"), (0, 0, "no_frames")]
+)
+def test_an_unhealthy_probation_fails_with_its_reason_and_rolls_back(
+    tmp_path, trust, build_blazeface, frames, errors, reason
+):
+    rec = Recorder()
+    health = PipelineHealth(rec)
+    deployer, clock, first, second = _on_probation(
+        tmp_path, trust, build_blazeface, rec, health=health
+    )
+    health.frames, health.errors = frames, errors
+    clock.now += 31
+    deployer.tick()
+    failed = [f for k, f in rec.events if k == "failed"]
+    assert failed[0]["reason"] == reason and failed[0]["bundle"] == second.digest
+    rolled = [f for k, f in rec.events if k == "rolled_back"]
+    assert rolled[0]["bundle"] == second.digest and rolled[0]["reason"] == reason
+    assert rec.activated[-1].digest == first.digest
+    assert deployer.store.pointer().digest == first.digest
+    assert deployer.store.pointer().state == "committed"
+
+
+def test_restarts_during_probation_count_attempts_and_revert_after_the_max(
+    tmp_path, trust, build_blazeface
+):
+    rec = Recorder()
+    _, _, first, second = _on_probation(tmp_path, trust, build_blazeface, rec)
+    # each new Deployer is an agent start on the same disk; the first start was the install
+    for attempt in (2, 3):
+        rec.events.clear()
+        _deployer(tmp_path, trust, rec, probation_s=30.0).restore()
+        assert rec.activated[-1].digest == second.digest
+        assert f"attempt {attempt} of 3" in rec.events[0][1]["message"]
+    rec.events.clear()
+    restarted = _deployer(tmp_path, trust, rec, probation_s=30.0)
+    restarted.restore()
+    assert [k for k, _ in rec.events] == ["failed", "rolled_back"]
+    assert rec.events[1][1]["reason"] == "probation_crashes"
+    assert rec.activated[-1].digest == first.digest
+    assert restarted.store.pointer().state == "committed"
+
+
+def test_a_first_bundle_that_keeps_crashing_is_dropped_rather_than_started_again(
+    tmp_path, trust, build_blazeface
+):
+    rec = Recorder()
+    deployer = _deployer(tmp_path, trust, rec, probation_s=30.0, max_probation_attempts=1)
+    only = build_blazeface(version=1)
+    assert deployer.install(only.path, digest=only.digest)
+    _deployer(tmp_path, trust, rec, probation_s=30.0, max_probation_attempts=1).restore()
+    assert "probation_crashes" in [f.get("reason") for _, f in rec.events]
+    assert deployer.store.current() is None
+    assert len(rec.activated) == 1
+
+
+def test_a_restarted_agent_resumes_a_download_asking_only_for_missing_chunks(
+    tmp_path, trust, build_blazeface
+):
+    built = build_blazeface(version=1)
+    rec = Recorder()
+    command, chunks = _offer(built, built.path.read_bytes())
+    first_run = _deployer(tmp_path, trust, rec)
+    first_run.on_deploy(command)
+    half = len(chunks) // 2
+    for chunk in chunks[:half]:
+        first_run.on_chunk(built.digest, chunk)
+    # the first run dies here; what it saved is all the second one has
+    rec.events.clear()
+    second_run = _deployer(tmp_path, trust, rec)
+    second_run.resume()
+    resumed = next(f for k, f in rec.events if k == "downloading")
+    # progress is saved each tenth of the way, so at most the chunks since then are lost
+    saved = round(resumed["progress"] * len(chunks))
+    assert half - len(chunks) / 10 <= saved <= half
+    request = next(f for k, f in rec.events if k == "chunk_request")
+    assert [(r.start, r.end) for r in request["missing"]] == [(saved, len(chunks) - 1)]
+    assert request["cmd_id"] == command.id
+    for chunk in chunks[saved:]:
+        second_run.on_chunk(built.digest, chunk)
+    assert "running" in rec.kinds()
+    assert sorted(p.name for p in (tmp_path / "downloads").iterdir()) == []
+
+
+def test_a_stalled_download_is_asked_again_then_given_up_as_stalled(
+    tmp_path, trust, build_blazeface
+):
+    built = build_blazeface(version=1)
+    rec = Recorder()
+    deployer = _deployer(tmp_path, trust, rec, request_timeout=0.0, max_requests=3)
+    command, chunks = _offer(built, built.path.read_bytes())
+    deployer.on_deploy(command)
+    deployer.on_chunk(built.digest, chunks[0])
+    for _ in range(5):
+        deployer.tick()
+    stalls = [f for k, f in rec.events if k == "downloading" and f.get("reason") == "stalled"]
+    # progress reset the count: three requests after it brought nothing, then it gave up
+    assert len(stalls) == 3 and stalls[0]["progress"] == 1 / len(chunks)
+    assert len([k for k in rec.kinds() if k == "chunk_request"]) == 1 + 3
+    failed = [f for k, f in rec.events if k == "failed"]
+    assert len(failed) == 1 and failed[0]["reason"] == "stalled"
+    assert built.digest not in rec.subscribed
+    assert list((tmp_path / "downloads").glob("*.offer.json")) == []
+    # a later offer of the same bundle starts from the chunk already on disk
+    rec.events.clear()
+    deployer.on_deploy(Deploy(device="cam-01", bundle=command.bundle))
+    request = next(f for k, f in rec.events if k == "chunk_request")
+    assert request["missing"][0].start == 1
+
+
+def test_a_refused_bundle_during_probation_leaves_a_first_trial_running_on(
+    tmp_path, trust, build_blazeface
+):
+    from ota.keys import SigningKey
+
+    rec = Recorder()
+    deployer = _deployer(tmp_path, trust, rec, probation_s=30.0, health=PipelineHealth(rec))
+    clock = Clock()
+    deployer.installer.monotonic = clock
+    first = build_blazeface(version=1)
+    assert deployer.install(first.path, digest=first.digest)
+    stranger = build_blazeface(version=2, key=SigningKey.generate())
+    assert not deployer.install(stranger.path, digest=stranger.digest)
+    assert "superseded" not in [f.get("reason") for _, f in rec.events]
+    clock.now += 31
+    deployer.tick()
+    assert rec.kinds()[-1] == "running" and rec.events[-1][1]["bundle"] == first.digest
+    assert deployer.store.pointer().state == "committed"
+
+
+def test_a_refused_bundle_during_probation_ends_the_trial_on_the_committed_fallback(
+    tmp_path, trust, build_blazeface
+):
+    from ota.keys import SigningKey
+
+    rec = Recorder()
+    deployer, clock, first, second = _on_probation(tmp_path, trust, build_blazeface, rec)
+    stranger = build_blazeface(version=3, key=SigningKey.generate())
+    assert not deployer.install(stranger.path, digest=stranger.digest)
+    superseded = [f for k, f in rec.events if f.get("reason") == "superseded"]
+    assert superseded[0]["bundle"] == second.digest
+    assert rec.activated[-1].digest == first.digest
+    assert deployer.store.pointer().digest == first.digest
+    clock.now += 31
+    deployer.tick()
+    assert "running" not in rec.kinds()

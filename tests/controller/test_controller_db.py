@@ -7,7 +7,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from controller.db import Base, downgrade_database, make_engine, upgrade_database
+from controller.db import Base, alembic_config, downgrade_database, make_engine, upgrade_database
 
 
 def schema_diff(url: str) -> list:
@@ -32,8 +32,17 @@ def test_migrations_build_exactly_the_schema_of_the_models(db_url):
     assert schema_diff(db_url) == []
     engine = make_engine(db_url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        applied = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    assert applied == head_revision()
     engine.dispose()
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
 
 
 def test_models_with_a_change_the_migrations_lack_show_a_diff(db_url):

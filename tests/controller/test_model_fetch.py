@@ -31,7 +31,7 @@ def sha256_of(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def fetched(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Both pinned models, downloaded once for this module into a fresh cache."""
+    """Every pinned model, downloaded once for this module into a fresh cache."""
     return fetch_all(tmp_path_factory.mktemp("model-cache"))
 
 
@@ -54,7 +54,16 @@ def cache_copy(fetched: dict[str, Path], tmp_path: Path) -> Path:
 
 
 def test_fetch_all_provides_every_pinned_model_with_its_digest_and_size(fetched):
-    assert set(fetched) == set(PINNED_MODELS) == {"blazeface-short", "centerface"}
+    assert (
+        set(fetched)
+        == set(PINNED_MODELS)
+        == {
+            "blazeface-short",
+            "centerface",
+            "ssd-mobilenet-v2",
+            "ssd-mobilenet-v2-pbtxt",
+        }
+    )
     for name, path in fetched.items():
         pin = PINNED_MODELS[name]
         assert path.is_file()
@@ -63,6 +72,7 @@ def test_fetch_all_provides_every_pinned_model_with_its_digest_and_size(fetched)
         assert sha256_of(path) == pin.sha256
     assert fetched["blazeface-short"].suffix == ".tflite"
     assert fetched["centerface"].suffix == ".onnx"
+    assert fetched["ssd-mobilenet-v2"].suffix == ".pb"
 
 
 def test_fetch_leaves_no_temporary_files_in_the_cache(fetched):

@@ -71,8 +71,9 @@ def fleet(tmp_path, mosquitto, release_key):
     video = write_sample_video(
         tmp_path / "astronaut.avi",
         fps=10,
-        seconds_per_image=3.0,
-        scenes=[("astronaut", Placement("astronaut"))],
+        seconds_per_image=1.0,
+        # face then no face: the tracker turns each pass into one start and one end event
+        scenes=[("astronaut", Placement("astronaut")), ("coffee", Placement("coffee"))],
     )
     config = {
         "device_id": DEVICE,
@@ -146,9 +147,9 @@ def test_deploy_detect_and_refuse_tampered_bundles(fleet, build_blazeface):
     assert device(http)["active_runtime"] == "litert"
 
     detections = wait_for(
-        "20 detections",
+        "4 detection events",
         lambda: (
-            (d := http.get("/api/detections", params={"limit": 50}).json()) and len(d) >= 20 and d
+            (d := http.get("/api/detections", params={"limit": 50}).json()) and len(d) >= 4 and d
         ),
         60,
     )
@@ -189,7 +190,7 @@ def test_deploy_detect_and_refuse_tampered_bundles(fleet, build_blazeface):
     before = http.get("/api/summary").json()["detections"]
     wait_for(
         "detections after the refusals",
-        lambda: http.get("/api/summary").json()["detections"] > before + 10,
+        lambda: http.get("/api/summary").json()["detections"] > before + 2,
         30,
     )
     assert fleet.agent.poll() is None

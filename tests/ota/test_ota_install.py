@@ -8,12 +8,18 @@ import pytest
 
 from ota.build import BundleSpec, build_bundle
 from ota.errors import BundleRefused, RefusalReason
-from ota.install import BundleStore, StoreCorrupt
+from ota.install import BundleStore, Pointer, StoreCorrupt
 from ota.keys import SigningKey
 from ota.trust import TrustStore
 from tests.ota.ota_forge import NOW, file_members, forge, head, manifest_for, write_tar
 
 LABELS = "shared/labels.txt"
+
+
+def pointer_of(store: BundleStore) -> Pointer:
+    pointer = store.pointer()
+    assert pointer is not None
+    return pointer
 
 
 def tree(root: Path) -> set[str]:
@@ -43,7 +49,14 @@ def test_build_verify_install_round_trip(
     assert store.current() == installed
     assert store.installed_version("face") == 3
     pointer = json.loads((tmp_path / "store" / "current").read_text())
-    assert pointer == {"slot": "a", "digest": built.digest, "name": "face", "version": 3}
+    assert pointer == {
+        "slot": "a",
+        "digest": built.digest,
+        "name": "face",
+        "version": 3,
+        "state": "probation",
+        "attempts": 0,
+    }
 
 
 def test_empty_store_has_no_current_bundle(tmp_path: Path) -> None:
@@ -60,7 +73,9 @@ def test_installs_alternate_slots_and_raise_the_floor(
     store = BundleStore(tmp_path / "store")
 
     first = store.install(bundle_v(tmp_path, key, files, 3), trust, NOW)
+    store.commit(first.digest)
     second = store.install(bundle_v(tmp_path, key, files, 4), trust, NOW)
+    store.commit(second.digest)
     again = store.install(bundle_v(tmp_path, key, files, 4), trust, NOW)
 
     assert [b.slot_dir.name for b in (first, second, again)] == ["a", "b", "a"]
@@ -132,6 +147,7 @@ def test_rollback_switches_to_the_previous_install_and_back(
 ) -> None:
     store = BundleStore(tmp_path / "store")
     old = store.install(bundle_v(tmp_path, key, files, 3), trust, NOW)
+    store.commit(old.digest)
     new = store.install(bundle_v(tmp_path, key, files, 4), trust, NOW)
 
     assert store.rollback() == old
@@ -146,6 +162,7 @@ def test_rollback_refuses_a_previous_slot_whose_files_changed(
 ) -> None:
     store = BundleStore(tmp_path / "store")
     old = store.install(bundle_v(tmp_path, key, files, 3), trust, NOW)
+    store.commit(old.digest)
     new = store.install(bundle_v(tmp_path, key, files, 4), trust, NOW)
     old.path_of(LABELS).write_bytes(b"evil\n")
 
@@ -187,3 +204,82 @@ def test_store_reopened_from_disk_sees_the_same_state(
     assert reopened.installed_version("face") == 3
     leftovers = [p for p in (tmp_path / "store").rglob("*") if p.name.endswith((".tmp", ".part"))]
     assert leftovers == []
+
+
+def test_a_fresh_install_is_on_probation_until_committed(
+    files: dict[str, bytes], key: SigningKey, trust: TrustStore, tmp_path: Path
+) -> None:
+    store = BundleStore(tmp_path / "store")
+    installed = store.install(bundle_v(tmp_path, key, files, 3), trust, NOW)
+
+    assert pointer_of(store).state == "probation"
+    assert [store.begin_attempt(), store.begin_attempt()] == [1, 2]
+    # the count survives a reopen: it is what a crash loop is judged by
+    assert pointer_of(BundleStore(tmp_path / "store")).attempts == 2
+    store.commit(installed.digest)
+    assert pointer_of(store).state == "committed"
+    with pytest.raises(StoreCorrupt):
+        store.begin_attempt()
+    with pytest.raises(StoreCorrupt):
+        store.commit("0" * 64)
+
+
+def test_a_pointer_written_before_probation_existed_reads_as_committed(
+    files: dict[str, bytes], key: SigningKey, trust: TrustStore, tmp_path: Path
+) -> None:
+    store = BundleStore(tmp_path / "store")
+    installed = store.install(bundle_v(tmp_path, key, files, 3), trust, NOW)
+    old_style = {"slot": "a", "digest": installed.digest, "name": "face", "version": 3}
+    (tmp_path / "store" / "current").write_text(json.dumps(old_style))
+
+    assert pointer_of(store).state == "committed"
+    assert store.current() == installed
+
+
+def test_an_install_during_probation_keeps_the_committed_fallback(
+    files: dict[str, bytes], key: SigningKey, trust: TrustStore, tmp_path: Path
+) -> None:
+    store = BundleStore(tmp_path / "store")
+    good = store.install(bundle_v(tmp_path, key, files, 3), trust, NOW)
+    store.commit(good.digest)
+    trial = store.install(bundle_v(tmp_path, key, files, 4), trust, NOW)
+    bad_files = {**files, LABELS: b"other\n"}
+    bad = forge(tmp_path / "bad.tar", bad_files, [key], manifest=manifest_for(files, version=5))
+
+    with pytest.raises(BundleRefused):
+        store.install(bad, trust, NOW)
+
+    # the refused install went into the trial's slot, never into the committed one
+    assert trial.slot_dir == tmp_path / "store" / "slots" / "b"
+    assert store.current() == good
+    assert pointer_of(store).state == "committed"
+
+
+def test_stage_hook_sees_each_file_then_the_switch_before_the_pointer_moves(
+    files: dict[str, bytes], key: SigningKey, trust: TrustStore, tmp_path: Path
+) -> None:
+    store = BundleStore(tmp_path / "store")
+    seen: list[tuple[str, object]] = []
+
+    def hook(stage: str) -> None:
+        seen.append((stage, store.pointer()))
+
+    store.install(bundle_v(tmp_path, key, files, 3), trust, NOW, on_stage=hook)
+
+    assert [stage for stage, _ in seen] == ["unpack", "unpack", "switch"]
+    assert all(pointer is None for _, pointer in seen)
+    assert store.pointer() is not None
+
+
+def test_rollback_from_probation_lands_committed_and_clear_forgets_the_pointer(
+    files: dict[str, bytes], key: SigningKey, trust: TrustStore, tmp_path: Path
+) -> None:
+    store = BundleStore(tmp_path / "store")
+    old = store.install(bundle_v(tmp_path, key, files, 3), trust, NOW)
+    store.commit(old.digest)
+    store.install(bundle_v(tmp_path, key, files, 4), trust, NOW)
+
+    assert store.rollback() == old
+    assert pointer_of(store).state == "committed"
+    store.clear()
+    assert store.current() is None

@@ -98,7 +98,7 @@ class OpenCVDnnRuntime(Runtime):
     def probe(cls) -> RuntimeProbe:
         return RuntimeProbe(cls.KEY, True, "cv2.dnn")
 
-    def load(self, model_path: Path) -> None:
+    def load(self, model_path: Path, *, input_shape: object = None) -> None:
         self.net = cv2.dnn.readNetFromONNX(str(model_path))
         self.names = sorted(self.net.getUnconnectedOutLayersNames())
 

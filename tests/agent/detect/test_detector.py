@@ -108,7 +108,7 @@ class ScriptedRuntime(Runtime):
     def probe(cls) -> RuntimeProbe:
         return RuntimeProbe(cls.KEY, True, "test double")
 
-    def load(self, model_path: Path) -> None:
+    def load(self, model_path: Path, *, input_shape: object = None) -> None:
         pass
 
     def input_details(self) -> TensorDetails:

@@ -1,0 +1,139 @@
+"""Settings changed at run time (the `set-config` command), kept in `data_dir/runtime.yaml`.
+
+The overlay is a partial settings document. It is validated field by field against the
+agent's own settings model, written atomically, and laid over the file and environment
+settings at every start, so a change made by the controller survives restarts. Only fields the
+running agent can apply at once are settable; those that decide how it reaches the fleet
+(device id, data folder, broker, trust) never are: a typo there would cut the device off from
+the command that could fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from agent.settings import AgentSettings
+
+log = logging.getLogger(__name__)
+
+OVERLAY_FILE = "runtime.yaml"
+# applied live by the daemon; camera filters and zones travel inside `cameras`
+SETTABLE_FIELDS = frozenset(
+    {"cameras", "health_interval_s", "det_flush_s", "det_batch_max", "log_level", "health_sources"}
+)
+
+
+class ConfigRejected(Exception):
+    """A set-config document or overlay file was refused; `reason` is a short word."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _patch_model() -> type[BaseModel]:
+    fields: dict[str, Any] = {
+        name: (info.annotation, info)
+        for name, info in AgentSettings.model_fields.items()
+        if name in SETTABLE_FIELDS
+    }
+    return create_model("RuntimePatch", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+_PATCH = _patch_model()
+
+
+def settable_fields() -> frozenset[str]:
+    """Names of the settings `set-config` may change."""
+    return frozenset(_PATCH.model_fields)
+
+
+def validate_patch(patch: dict[str, Any]) -> dict[str, Any]:
+    """The patch's fields as validated values; raises ConfigRejected naming every problem."""
+    fixed = sorted(set(patch) - settable_fields())
+    if fixed:
+        raise ConfigRejected(
+            "not_settable",
+            f"cannot be set at run time: {', '.join(map(str, fixed))}; "
+            f"settable: {', '.join(sorted(settable_fields()))}",
+        )
+    try:
+        model = _PATCH.model_validate(patch)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10]
+        )
+        raise ConfigRejected("invalid_config", problems) from None
+    values = {name: getattr(model, name) for name in model.model_fields_set}
+    cameras = values.get("cameras") or []
+    ids = [c.id for c in cameras]
+    if len(ids) != len(set(ids)):
+        raise ConfigRejected("invalid_config", f"camera ids must be unique: {ids}")
+    return values
+
+
+def load_overlay(data_dir: Path) -> dict[str, Any]:
+    """The overlay document saved in `data_dir` ({} when none); raises ConfigRejected."""
+    path = data_dir / OVERLAY_FILE
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigRejected("overlay_unreadable", f"{path}: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigRejected("overlay_unreadable", f"{path}: not a mapping")
+    return loaded
+
+
+def save_overlay(data_dir: Path, overlay: dict[str, Any]) -> None:
+    """Write the overlay atomically (temp file, fsync, rename); raises ConfigRejected."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(overlay, sort_keys=True)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".runtime-", suffix=".yaml")
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, data_dir / OVERLAY_FILE)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise ConfigRejected("persist_failed", f"cannot write {OVERLAY_FILE}: {exc}") from None
+
+
+def apply_overlay(settings: AgentSettings, overlay: dict[str, Any]) -> AgentSettings:
+    """`settings` with the overlay's fields replaced; raises ConfigRejected on a bad overlay."""
+    return settings.model_copy(update=validate_patch(overlay))
+
+
+def merge_patch(overlay: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """The overlay after `patch` (top-level keys replace; `cameras` is the whole list), as
+    plain data ready to save; raises ConfigRejected."""
+    validate_patch(patch)
+    merged = {**overlay, **patch}
+    values = validate_patch(merged)
+    dumped = _PATCH.model_validate(merged).model_dump(mode="json", exclude_unset=True)
+    return {name: dumped[name] for name in values}
+
+
+def settings_with_overlay(settings: AgentSettings) -> AgentSettings:
+    """Settings with the saved overlay laid over them; a broken overlay is logged and left out,
+    so the agent still starts and can be given a good one."""
+    try:
+        return apply_overlay(settings, load_overlay(settings.data_dir))
+    except ConfigRejected as exc:
+        log.error("event=runtime_overlay_ignored reason=%s detail=%r", exc.reason, str(exc))
+        return settings

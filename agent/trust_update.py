@@ -1,0 +1,37 @@
+"""The agent's answer to a trust-update command: step its root document forward, or say why not."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ota.errors import RootRefused
+from ota.trust import apply_root_chain
+from protocol.messages import TrustUpdate
+
+log = logging.getLogger(__name__)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def apply_trust_update(
+    trust_file: Path, command: TrustUpdate, clock: Callable[[], datetime] = _utc_now
+) -> tuple[bool, str, str]:
+    """(ok, result, detail) for the ack: result is `trusted` or the refusal's reason code.
+
+    Never raises for a bad document or an unwritable file; both become a refusal."""
+    documents = [text.encode("utf-8") for text in command.roots]
+    try:
+        version = apply_root_chain(trust_file, documents, clock())
+    except RootRefused as exc:
+        log.warning("event=trust_update_refused reason=%s detail=%r", exc.reason.value, exc.detail)
+        return False, exc.reason.value, exc.detail
+    except OSError as exc:
+        log.error("event=trust_update_failed file=%s error=%r", trust_file, str(exc))
+        return False, "trust_file_unwritable", str(exc)
+    log.info("event=trust_updated root_version=%d", version)
+    return True, "trusted", f"root version {version}"

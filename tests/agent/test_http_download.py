@@ -1,0 +1,153 @@
+"""The agent's HTTP delivery: a background download that ends in the same install path."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from agent.deployer import Deployer
+from agent.http_download import HttpDownloads
+from ota.http_fetch import RetryPolicy
+from ota.install import BundleStore
+from protocol.messages import BundleOffer, Deploy
+
+
+class _Files(BaseHTTPRequestHandler):
+    """Serves one byte string; `hang` makes it send headers and then nothing."""
+
+    protocol_version = "HTTP/1.1"
+    body = b""
+    hang = False
+    release = threading.Event()
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        if self.hang:
+            self.release.wait(5)
+            self.close_connection = True
+            return
+        self.wfile.write(self.body)
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    servers: list[tuple[ThreadingHTTPServer, type[_Files]]] = []
+
+    def start(body: bytes, hang: bool = False) -> str:
+        handler = type(
+            "Files", (_Files,), {"body": body, "hang": hang, "release": threading.Event()}
+        )
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        httpd.daemon_threads = True
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append((httpd, handler))
+        return f"http://127.0.0.1:{httpd.server_address[1]}/bundle"
+
+    yield start
+    for httpd, handler in servers:
+        handler.release.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _offer(built, url: str) -> Deploy:
+    return Deploy(
+        device="cam-01",
+        bundle=BundleOffer(
+            name=built.manifest.name,
+            version=built.manifest.version,
+            digest=built.digest,
+            size=built.size,
+            chunk_size=65536,
+            chunks=-(-built.size // 65536),
+            url=url,
+        ),
+    )
+
+
+def _deployer(tmp_path: Path, trust, events: list, activated: list) -> Deployer:
+    trust.save(tmp_path / "trust.json")
+    return Deployer(
+        store=BundleStore(tmp_path / "store"),
+        downloads=tmp_path / "downloads",
+        trust_file=tmp_path / "trust.json",
+        subscribe=lambda digest: events.append(("subscribed", {"bundle": digest})),
+        unsubscribe=lambda digest: None,
+        emit=lambda kind, **fields: events.append((kind, fields)),
+        activate=activated.append,
+    )
+
+
+def test_an_offer_with_a_url_is_downloaded_over_http_and_installed(
+    tmp_path, trust, build_blazeface, serve
+):
+    built = build_blazeface(version=1)
+    url = serve(built.path.read_bytes())
+    events: list = []
+    activated: list = []
+    deployer = _deployer(tmp_path, trust, events, activated)
+    deployer.on_deploy(_offer(built, url))
+    # the control thread is not held up: the offer is acknowledged before any byte arrives
+    assert [k for k, _ in events] == ["deploy_offered"]
+    assert deployer.http.join(10)
+    deployer.tick()
+    kinds = [k for k, _ in events]
+    assert "subscribed" not in kinds and "chunk_request" not in kinds
+    assert kinds.index("downloading") < kinds.index("verified") < kinds.index("running")
+    progress = [f["progress"] for k, f in events if k == "downloading"]
+    assert progress[-1] == 1.0 and progress == sorted(progress)
+    assert activated[0].digest == built.digest
+    current = deployer.store.current()
+    assert current is not None and current.digest == built.digest
+    # the downloaded file is not kept once installed
+    assert not (tmp_path / "downloads" / f"{built.digest}.bundle").exists()
+
+
+def test_a_stalled_download_is_retried_then_reported_failed(
+    tmp_path, trust, build_blazeface, serve
+):
+    built = build_blazeface(version=1)
+    url = serve(built.path.read_bytes(), hang=True)
+    events: list = []
+    deployer = _deployer(tmp_path, trust, events, [])
+    deployer.http = HttpDownloads(
+        tmp_path / "downloads",
+        policy=RetryPolicy(attempts=2, base_delay_s=0.01, max_delay_s=0.02, read_timeout_s=0.2),
+    )
+    deployer.on_deploy(_offer(built, url))
+    assert deployer.http.join(10)
+    deployer.tick()
+    retries = [f for k, f in events if k == "downloading" and f.get("level") == "warning"]
+    assert len(retries) == 1 and retries[0]["reason"] == "download_stalled"
+    failed = [f for k, f in events if k == "failed"]
+    assert len(failed) == 1 and failed[0]["reason"] == "download_stalled"
+    assert failed[0]["bundle"] == built.digest
+    assert deployer.store.current() is None
+    assert not deployer.http.active(built.digest)
+
+
+def test_a_repeated_offer_while_downloading_does_not_start_a_second_download(
+    tmp_path, build_blazeface, serve
+):
+    built = build_blazeface(version=1)
+    url = serve(built.path.read_bytes(), hang=True)
+    downloads = HttpDownloads(
+        tmp_path / "downloads",
+        policy=RetryPolicy(attempts=1, read_timeout_s=0.3),
+    )
+    first, again = _offer(built, url), _offer(built, url)
+    assert downloads.start(first.bundle, first.id)
+    assert not downloads.start(again.bundle, again.id)
+    assert downloads.join(10)
+    updates = downloads.poll()
+    assert [u.kind for u in updates] == ["failed"]
+    assert updates[0].cmd_id == again.id  # reported against the newest command
