@@ -103,6 +103,9 @@ class ChunkServer:
 
     def _send(self, bundle: BundleInfo, indices: Sequence[int]) -> None:
         topic = self.topics.bundle_chunks(bundle.digest)
+        with self._cond:
+            # counted when it starts, like the chunks below, so no reader sees it lag
+            self.passes += 1
         with self.store.path(bundle.digest).open("rb") as src:
             for index in indices:
                 src.seek(index * bundle.chunk_size)
@@ -115,5 +118,4 @@ class ChunkServer:
                 self.publisher.publish(topic, encode_chunk(index, bundle.chunks, data))
                 with self._cond:
                     self._sending[bundle.digest].discard(index)
-        self.passes += 1
         log.info("event=chunks_sent bundle=%s count=%d", bundle.digest[:12], len(indices))

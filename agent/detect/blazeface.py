@@ -18,9 +18,14 @@ from collections.abc import Sequence
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from agent.detect.decoding import Decoded, DecodeError, UnsupportedPostprocessError
+from agent.detect.decoding import (
+    Decoded,
+    DecodeError,
+    decoder_params,
+    sized_decoder,
+)
 from agent.detect.nms import nms, weighted_nms
 from ota.manifest import InputSpec, PostprocessSpec
 
@@ -162,15 +167,5 @@ def build(input_spec: InputSpec, postprocess: PostprocessSpec) -> BlazeFaceDecod
 
     Raises UnsupportedPostprocessError for invalid `params`.
     """
-    try:
-        params = BlazeFaceParams.model_validate(postprocess.params)
-    except ValidationError as exc:
-        raise UnsupportedPostprocessError(f"invalid BlazeFace params: {exc}") from exc
-    return BlazeFaceDecoder(
-        input_spec.width,
-        input_spec.height,
-        score_threshold=postprocess.score_threshold,
-        iou_threshold=postprocess.iou_threshold,
-        max_detections=postprocess.max_detections,
-        params=params,
-    )
+    params = decoder_params(BlazeFaceParams, postprocess, "BlazeFace")
+    return sized_decoder(BlazeFaceDecoder, params, input_spec, postprocess)

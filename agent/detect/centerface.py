@@ -18,9 +18,15 @@ from collections.abc import Sequence
 from typing import Annotated
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from agent.detect.decoding import Decoded, DecodeError, UnsupportedPostprocessError
+from agent.detect.decoding import (
+    Decoded,
+    DecodeError,
+    UnsupportedPostprocessError,
+    decoder_params,
+    sized_decoder,
+)
 from agent.detect.nms import nms
 from ota.manifest import InputSpec, PostprocessSpec
 
@@ -112,20 +118,10 @@ def build(input_spec: InputSpec, postprocess: PostprocessSpec) -> CenterFaceDeco
     Raises UnsupportedPostprocessError for invalid `params` or an input size the model's
     32-pixel grid cannot take.
     """
-    try:
-        params = CenterFaceParams.model_validate(postprocess.params)
-    except ValidationError as exc:
-        raise UnsupportedPostprocessError(f"invalid CenterFace params: {exc}") from exc
+    params = decoder_params(CenterFaceParams, postprocess, "CenterFace")
     if input_spec.width % 32 or input_spec.height % 32:
         raise UnsupportedPostprocessError(
             f"CenterFace input sides must be multiples of 32, got "
             f"{input_spec.width}x{input_spec.height}"
         )
-    return CenterFaceDecoder(
-        input_spec.width,
-        input_spec.height,
-        score_threshold=postprocess.score_threshold,
-        iou_threshold=postprocess.iou_threshold,
-        max_detections=postprocess.max_detections,
-        params=params,
-    )
+    return sized_decoder(CenterFaceDecoder, params, input_spec, postprocess)

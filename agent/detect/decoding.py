@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from ota.manifest import InputSpec, PostprocessSpec
 
@@ -73,3 +74,29 @@ def build_decoder(input_spec: InputSpec, postprocess: PostprocessSpec) -> Decode
     module = importlib.import_module(module_name)
     decoder: Decoder = module.build(input_spec, postprocess)
     return decoder
+
+
+_P = TypeVar("_P", bound=BaseModel)
+_D = TypeVar("_D")
+
+
+def decoder_params(model: type[_P], postprocess: PostprocessSpec, what: str) -> _P:
+    """A decoder's `params`, validated. Raises UnsupportedPostprocessError."""
+    try:
+        return model.model_validate(postprocess.params)
+    except ValidationError as exc:
+        raise UnsupportedPostprocessError(f"invalid {what} params: {exc}") from exc
+
+
+def sized_decoder(
+    decoder: type[_D], params: Any, input_spec: InputSpec, postprocess: PostprocessSpec
+) -> _D:
+    """A decoder that works in model-input pixels, set up from the manifest's specs."""
+    return decoder(
+        input_spec.width,  # type: ignore[call-arg]
+        input_spec.height,
+        score_threshold=postprocess.score_threshold,
+        iou_threshold=postprocess.iou_threshold,
+        max_detections=postprocess.max_detections,
+        params=params,
+    )

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from agent.detect.decoding import Decoded, DecodeError, UnsupportedPostprocessError
+from agent.detect.decoding import Decoded, DecodeError, decoder_params
 from agent.detect.nms import nms
 from ota.manifest import InputSpec, PostprocessSpec
 
@@ -136,10 +136,7 @@ def build(input_spec: InputSpec, postprocess: PostprocessSpec) -> SSDDecoder:
     Raises UnsupportedPostprocessError for invalid `params`.
     """
     del input_spec
-    try:
-        params = SSDParams.model_validate(postprocess.params)
-    except ValidationError as exc:
-        raise UnsupportedPostprocessError(f"invalid SSD params: {exc}") from exc
+    params = decoder_params(SSDParams, postprocess, "SSD")
     return SSDDecoder(
         score_threshold=postprocess.score_threshold,
         iou_threshold=postprocess.iou_threshold,

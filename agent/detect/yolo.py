@@ -15,9 +15,14 @@ from collections.abc import Sequence
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from agent.detect.decoding import Decoded, DecodeError, UnsupportedPostprocessError
+from agent.detect.decoding import (
+    Decoded,
+    DecodeError,
+    decoder_params,
+    sized_decoder,
+)
 from agent.detect.nms import nms
 from ota.manifest import InputSpec, PostprocessSpec
 
@@ -109,15 +114,5 @@ def build(input_spec: InputSpec, postprocess: PostprocessSpec) -> YoloDecoder:
 
     Raises UnsupportedPostprocessError for invalid `params`.
     """
-    try:
-        params = YoloParams.model_validate(postprocess.params)
-    except ValidationError as exc:
-        raise UnsupportedPostprocessError(f"invalid YOLO params: {exc}") from exc
-    return YoloDecoder(
-        input_spec.width,
-        input_spec.height,
-        score_threshold=postprocess.score_threshold,
-        iou_threshold=postprocess.iou_threshold,
-        max_detections=postprocess.max_detections,
-        params=params,
-    )
+    params = decoder_params(YoloParams, postprocess, "YOLO")
+    return sized_decoder(YoloDecoder, params, input_spec, postprocess)

@@ -128,13 +128,39 @@ class Runtime(abc.ABC):
         Raises RuntimeUnavailableError or ModelLoadError.
         """
 
-    @abc.abstractmethod
-    def input_details(self) -> TensorDetails:
-        """The single input of the loaded model. Raises ModelLoadError before `load`."""
+    # set by a plugin's `load` (and reset by `close`); the accessors below read them
+    _input: TensorDetails | None = None
+    _outputs: Sequence[TensorDetails] = ()
+    _dynamic_axes: tuple[int, ...] = ()
 
-    @abc.abstractmethod
+    def input_details(self) -> TensorDetails:
+        """The single input of the loaded model; a free dimension is -1.
+
+        Raises ModelLoadError before `load`.
+        """
+        if self._input is None:
+            raise ModelLoadError("no model loaded")
+        return self._input
+
     def output_details(self) -> list[TensorDetails]:
-        """The outputs, in the same order `infer` returns them."""
+        """The outputs, in the same order `infer` returns them. Raises ModelLoadError."""
+        if self._input is None:
+            raise ModelLoadError("no model loaded")
+        return list(self._outputs)
+
+    def _expected_input(self, tensor: np.ndarray) -> TensorDetails:
+        """The loaded model's input, if `tensor` fits it. Raises InferenceError."""
+        expected = self._input
+        if expected is None:
+            raise InferenceError("no model loaded")
+        if tensor.dtype != expected.dtype or not input_fits(
+            tensor.shape, expected.shape, self._dynamic_axes
+        ):
+            raise InferenceError(
+                f"input {tensor.shape} {tensor.dtype} does not fit the model's "
+                f"{expected.shape} {expected.dtype}"
+            )
+        return expected
 
     @abc.abstractmethod
     def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
@@ -157,6 +183,15 @@ class Runtime(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def input_fits(shape: tuple[int, ...], expected: tuple[int, ...], dynamic: tuple[int, ...]) -> bool:
+    """Whether a tensor shape fits a model input whose `dynamic` axes may take any size."""
+    if not dynamic:
+        return shape == expected
+    if len(shape) != len(expected):
+        return False
+    return all(s == e or e < 0 for s, e in zip(shape, expected, strict=True))
 
 
 def load_runtime_class(key: str) -> type[Runtime] | None:

@@ -161,25 +161,8 @@ class LiteRTRuntime(Runtime):
             raise ModelLoadError(f"LiteRT could not load {model_path}: {exc}") from exc
         return interpreter, source
 
-    def input_details(self) -> TensorDetails:
-        if self._input is None:
-            raise ModelLoadError("no model loaded")
-        return self._input
-
-    def output_details(self) -> list[TensorDetails]:
-        if self._input is None:
-            raise ModelLoadError("no model loaded")
-        return list(self._outputs)
-
     def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
-        expected = self._input
-        if expected is None:
-            raise InferenceError("no model loaded")
-        if tensor.shape != expected.shape or tensor.dtype != expected.dtype:
-            raise InferenceError(
-                f"input {tensor.shape} {tensor.dtype} does not fit the model's "
-                f"{expected.shape} {expected.dtype}"
-            )
+        self._expected_input(tensor)
         interpreter = self._interpreter
         try:
             # set_tensor copies into the interpreter's own input buffer (no allocation);

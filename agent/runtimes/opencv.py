@@ -161,29 +161,8 @@ class OpenCVRuntime(Runtime):
             output_names,
         )
 
-    def input_details(self) -> TensorDetails:
-        """The model's input; a free or unknown dimension is -1."""
-        if self._input is None:
-            raise ModelLoadError("no model loaded")
-        return self._input
-
-    def output_details(self) -> list[TensorDetails]:
-        """The outputs; their shapes are () until known (an input with free dimensions)."""
-        if self._input is None:
-            raise ModelLoadError("no model loaded")
-        return list(self._outputs)
-
     def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
-        expected = self._input
-        if expected is None:
-            raise InferenceError("no model loaded")
-        if tensor.dtype != expected.dtype or not _fits(
-            tensor.shape, expected.shape, self._dynamic_axes
-        ):
-            raise InferenceError(
-                f"input {tensor.shape} {tensor.dtype} does not fit the model's "
-                f"{expected.shape} {expected.dtype}"
-            )
+        self._expected_input(tensor)
         blob = tensor
         if self._nhwc_input:
             if self._nchw is None:
@@ -211,11 +190,3 @@ class OpenCVRuntime(Runtime):
 
 def _to_nchw_shape(nhwc: tuple[int, ...]) -> tuple[int, ...]:
     return (nhwc[0], nhwc[3], nhwc[1], nhwc[2])
-
-
-def _fits(shape: tuple[int, ...], expected: tuple[int, ...], dynamic: tuple[int, ...]) -> bool:
-    if not dynamic:
-        return shape == expected
-    if len(shape) != len(expected):
-        return False
-    return all(s == e or e < 0 for s, e in zip(shape, expected, strict=True))

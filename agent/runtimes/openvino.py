@@ -238,29 +238,8 @@ class OpenVINORuntime(Runtime):
             config["INFERENCE_PRECISION_HINT"] = self.inference_precision
         return config
 
-    def input_details(self) -> TensorDetails:
-        """The model's input; a free dimension is -1."""
-        if self._input is None:
-            raise ModelLoadError("no model loaded")
-        return self._input
-
-    def output_details(self) -> list[TensorDetails]:
-        """The outputs in `infer` order; a dimension known only at run time is -1."""
-        if self._input is None:
-            raise ModelLoadError("no model loaded")
-        return list(self._outputs)
-
     def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
-        expected = self._input
-        if expected is None:
-            raise InferenceError("no model loaded")
-        if tensor.dtype != expected.dtype or not _fits(
-            tensor.shape, expected.shape, self._dynamic_axes
-        ):
-            raise InferenceError(
-                f"input {tensor.shape} {tensor.dtype} does not fit the model's "
-                f"{expected.shape} {expected.dtype}"
-            )
+        self._expected_input(tensor)
         try:
             # share_inputs skips a copy of the frame tensor; share_outputs=False copies the
             # results out, so they outlive the next call on this reused request
@@ -278,11 +257,3 @@ class OpenVINORuntime(Runtime):
         self._outputs = []
         self._order = ()
         self._dynamic_axes = ()
-
-
-def _fits(shape: tuple[int, ...], expected: tuple[int, ...], dynamic: tuple[int, ...]) -> bool:
-    if not dynamic:
-        return shape == expected
-    if len(shape) != len(expected):
-        return False
-    return all(s == e or e < 0 for s, e in zip(shape, expected, strict=True))
