@@ -33,6 +33,8 @@ from agent.probation import CountingDetector, ModelHealth
 from agent.runtimes.base import RuntimeProbe, probe_runtime
 from agent.session import AgentSession
 from agent.settings import AgentSettings
+from agent.snapshot_delivery import SnapshotDelivery
+from agent.snapshot_keeper import SnapshotKeeper
 from agent.systemd import Notifier
 from agent.telemetry import DetectionBatcher, health_message
 from agent.trust_update import apply_trust_update
@@ -50,6 +52,7 @@ from protocol.messages import (
     Rollback,
     RuntimeInfo,
     SetConfig,
+    Snapshot,
     State,
     TrustUpdate,
 )
@@ -119,10 +122,17 @@ class Agent:
             max_batch=settings.det_batch_max,
             max_delay=settings.det_flush_s,
         )
+        self.snapshots = SnapshotKeeper(settings.snapshots)
+        self.snapshot_delivery = SnapshotDelivery(
+            self.snapshots,
+            lambda chunk: self.session.publish(self.session.topics.snap(self.device_id), chunk),
+            self._ack,
+        )
         self.pipeline = Pipeline(
             resolve_cameras(settings.cameras, self.profile),
             self.batcher.add,
             self.notifier.watchdog,
+            snapshots=self.snapshots,
         )
         self.device_health = self._device_health()
         self.deployer = Deployer(
@@ -233,6 +243,9 @@ class Agent:
         if isinstance(command, SetConfig):
             self._ack(command.id, *self.set_config(command.config))
             return
+        if isinstance(command, Snapshot):
+            self.snapshot_delivery.submit(command)  # acked by the delivery thread
+            return
         if isinstance(command, TrustUpdate):
             self._ack(command.id, *apply_trust_update(self.settings.trust_file, command))
             return
@@ -252,6 +265,7 @@ class Agent:
             resolve_cameras(self.settings.cameras, self.profile),
             self.batcher.add,
             self.notifier.watchdog,
+            snapshots=self.snapshots,
         )
         self.pipeline.swap(model)
         self.pipeline.start()
@@ -276,6 +290,7 @@ class Agent:
         old, self.settings = self.settings, new
         self.batcher.max_batch = new.det_batch_max
         self.batcher.max_delay = new.det_flush_s
+        self.snapshots.settings = new.snapshots
         if isinstance(logging.getLevelName(new.log_level.upper()), int):
             logging.getLogger().setLevel(new.log_level.upper())
         if (new.health_sources, new.health_timeout_s) != (old.health_sources, old.health_timeout_s):
@@ -355,6 +370,7 @@ class Agent:
     def shutdown(self) -> None:
         self.notifier.stopping()
         self.pipeline.stop()
+        self.snapshot_delivery.stop()
         self.batcher.flush()
         if self.session.connected.is_set() and not self.pump.flush(timeout=5.0):
             log.warning("event=outbox_not_drained depth=%d", self.outbox.depth)

@@ -24,6 +24,7 @@ from agent.camera import CameraCounters, FrameGrabber
 from agent.filters import DetectionFilter
 from agent.motion import MotionGate
 from agent.settings import CameraSettings
+from agent.snapshot_keeper import SnapshotKeeper
 from agent.tracker import IouTracker, Observation, TrackEvent
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,10 @@ class CameraWorker:
         sink: EventSink,
         heartbeat: Callable[[], None] = lambda: None,
         source: FrameSource | None = None,
+        snapshots: SnapshotKeeper | None = None,
     ) -> None:
         self.camera = camera
+        self.snapshots = snapshots
         self.counters = CameraCounters()
         self.stages = StageCounters()
         self.grabber: FrameSource = source or FrameGrabber(camera, self.counters)
@@ -170,6 +173,8 @@ class CameraWorker:
             self.stages.switches.append((self._last[0], model.label, self._last[1], seq))
         self._last = (model.label, seq)
         events = self.tracker.update(self.filter.apply(observations(found)), captured)
+        if self.snapshots is not None:
+            self.snapshots.observe(self.camera.id, self.tracker.tracks, frame, captured)
         self._emit(events, model)
         self.counters.frames_processed += 1
         self.stages.processed_by[model.label] += 1
@@ -190,12 +195,14 @@ class Pipeline:
         sink: EventSink,
         heartbeat: Callable[[], None],
         sources: dict[str, FrameSource] | None = None,
+        snapshots: SnapshotKeeper | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self._model: ActiveModel | None = None
         sources = sources or {}
         self.workers = [
-            CameraWorker(c, self.current, sink, heartbeat, sources.get(c.id)) for c in cameras
+            CameraWorker(c, self.current, sink, heartbeat, sources.get(c.id), snapshots)
+            for c in cameras
         ]
 
     def current(self) -> ActiveModel | None:

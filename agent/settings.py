@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from agent.filters import FilterSettings
 from agent.motion import MotionSettings
 from agent.outbox import OutboxSettings
+from agent.snapshot_keeper import SnapshotSettings
 from agent.tracker import TrackerSettings
 from device_profiles.schema import HealthSource
 from protocol.topics import DEFAULT_PREFIX, validate_device_id
@@ -100,6 +101,9 @@ class AgentSettings(BaseSettings):
         0.5, description="longest a detection waits before its batch is published"
     )
     det_batch_max: Annotated[int, Field(ge=1, le=1000)] = Field(100, description="per batch")
+    snapshots: SnapshotSettings = Field(
+        default_factory=SnapshotSettings, description="best frames kept for snapshot requests"
+    )
     chunk_request_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
         5.0, description="ask again for missing chunks after this long without progress"
     )

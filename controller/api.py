@@ -27,6 +27,7 @@ from controller.deploy import (
     UnknownDevice,
 )
 from controller.ingest import IngestStats
+from controller.snapshots import SnapshotRequests, snapshot_router
 from controller.trust_push import TrustPushOut, push_roots
 from ota.errors import BundleRefused, RootRefused
 
@@ -43,6 +44,8 @@ class ApiContext:
     mqtt_ready: Callable[[], bool] = lambda: True
     # the controller's own trust file; a root there is stepped forward by POST /api/trust
     trust_path: Path | None = None
+    # snapshot requests and uploads (POST /api/devices/{id}/snapshot, /api/snapshots/{id})
+    snapshots: SnapshotRequests | None = None
 
 
 class _Out(BaseModel):
@@ -221,6 +224,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     """The controller's REST API over `ctx`."""
     app = FastAPI(title="edgefleet controller", version="1")
     app.state.ctx = ctx
+    if ctx.snapshots is not None:
+        app.include_router(snapshot_router(ctx.snapshots))
 
     @app.get("/healthz")
     def healthz(db: Db, response: Response) -> HealthzOut:

@@ -22,6 +22,7 @@ from controller.deploy import (
 )
 from controller.ingest import Ingest, IngestStats
 from controller.settings import ControllerSettings
+from controller.snapshots import SnapshotRequests, SnapshotStore
 from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,13 @@ class Controller:
                 max_upload_bytes=s.max_bundle_bytes,
                 mqtt_ready=lambda: self.ingest.ready and self.publisher.ready,
                 trust_path=s.resolved_trust_path(),
+                snapshots=SnapshotRequests(
+                    SnapshotStore(s.data_dir / "snapshots", s.max_snapshot_bytes),
+                    self.sessions,
+                    lambda topic, payload: self.publisher.publish(topic, payload, timeout=10.0),
+                    topics,
+                    self.deployer.public_url,
+                ),
             )
         )
         self._serve_http(timeout)

@@ -104,6 +104,9 @@ class ControllerSettings(BaseSettings):
     max_bundle_bytes: int = Field(
         1 << 30, gt=0, description="largest bundle upload the API accepts"
     )
+    max_snapshot_bytes: int = Field(
+        8 << 20, gt=0, description="largest snapshot JPEG an agent may upload"
+    )
     public_url: str = Field(
         "",
         pattern=r"^(https?://[^\s/]+(/[^\s]*)?)?$",

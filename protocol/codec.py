@@ -133,3 +133,36 @@ def decode_chunk(payload: bytes | bytearray) -> Chunk:
     if zlib.crc32(data) != crc:
         raise MalformedPayload(f"chunk {index} fails its checksum")
     return Chunk(index=index, total=total, data=data)
+
+
+# ---- snapshot chunks: binary frames on …/dev/D/snap ------------------------------------------
+# The snapshot command's id (ASCII, length-prefixed) followed by a bundle-style chunk frame, so
+# a receiver can tell apart the chunks of two snapshots in flight; the ack follows the chunks.
+
+
+@dataclass(frozen=True)
+class SnapshotChunk:
+    cmd_id: str
+    chunk: Chunk
+
+
+def encode_snapshot_chunk(cmd_id: str, index: int, total: int, data: bytes) -> bytes:
+    """Frame one chunk of a snapshot JPEG; raises ValueError on a bad id or numbers."""
+    raw = cmd_id.encode("ascii")
+    if not 1 <= len(raw) <= 64:
+        raise ValueError(f"bad command id {cmd_id!r:.80}")
+    return bytes([len(raw)]) + raw + encode_chunk(index, total, data)
+
+
+def decode_snapshot_chunk(payload: bytes | bytearray) -> SnapshotChunk:
+    """Unframe one snapshot chunk; raises MalformedPayload."""
+    if not payload or len(payload) < 1 + payload[0]:
+        raise MalformedPayload("snapshot chunk shorter than its command id")
+    size = payload[0]
+    try:
+        cmd_id = bytes(payload[1 : 1 + size]).decode("ascii")
+    except UnicodeDecodeError:
+        raise MalformedPayload("snapshot chunk command id is not ASCII") from None
+    if not cmd_id:
+        raise MalformedPayload("snapshot chunk has an empty command id")
+    return SnapshotChunk(cmd_id, decode_chunk(payload[1 + size :]))

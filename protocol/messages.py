@@ -271,8 +271,20 @@ class TrustUpdate(Envelope):
     ]
 
 
+class Snapshot(Envelope):
+    """A JPEG of a track's best frame: uploaded with an HTTP POST to `upload_url`, or, without
+    one, published as chunks on the device's `snap` topic (protocol.codec.encode_snapshot_chunk).
+    The ack's result says which: `uploaded`, `sent`, `not_found`, `upload_failed`."""
+
+    type: Literal["snapshot"] = "snapshot"
+    camera: Ident
+    track_id: Annotated[int, Field(ge=0)]
+    upload_url: HttpUrlText | None = None
+
+
 Command = Annotated[
-    Deploy | Rollback | RestartPipeline | TrustUpdate | SetConfig, Field(discriminator="type")
+    Deploy | Rollback | RestartPipeline | TrustUpdate | SetConfig | Snapshot,
+    Field(discriminator="type"),
 ]
 AgentMessage = State | Health | DetectionBatch | Event | Ack
-Message = AgentMessage | Deploy | Rollback | RestartPipeline | TrustUpdate | SetConfig
+Message = AgentMessage | Deploy | Rollback | RestartPipeline | TrustUpdate | SetConfig | Snapshot

@@ -24,6 +24,8 @@ class Channel(str, Enum):
     EVT = "evt"
     CMD = "cmd"
     ACK = "ack"
+    # binary snapshot chunks (protocol.codec.encode_snapshot_chunk), not JSON messages
+    SNAP = "snap"
 
 
 AGENT_CHANNELS = frozenset({Channel.STATE, Channel.HEALTH, Channel.DET, Channel.EVT, Channel.ACK})
@@ -82,6 +84,9 @@ class Topics:
 
     def ack(self, device_id: str) -> str:
         return self.device(device_id, Channel.ACK)
+
+    def snap(self, device_id: str) -> str:
+        return self.device(device_id, Channel.SNAP)
 
     def bundle_chunks(self, digest: str) -> str:
         return f"{self.prefix}/bundle/{validate_digest(digest)}/chunk"

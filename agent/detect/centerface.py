@@ -60,6 +60,7 @@ class CenterFaceDecoder:
         self.score_threshold = score_threshold
         self.iou_threshold = iou_threshold
         self.max_detections = max_detections
+        self._sides = np.array([[input_height], [input_width]], dtype=np.float64)
 
     def __call__(self, outputs: Sequence[np.ndarray]) -> Decoded:
         """Raises DecodeError when the outputs are not heatmap, scale, offset (, landmarks)."""
@@ -70,19 +71,13 @@ class CenterFaceDecoder:
 
         stride = float(self.params.stride)
         limit = self.params.max_log_scale
-        height = np.exp(np.clip(scale[0, rows, cols].astype(np.float64), -limit, limit)) * stride
-        width = np.exp(np.clip(scale[1, rows, cols].astype(np.float64), -limit, limit)) * stride
-        cy = (rows + offset[0, rows, cols] + 0.5) * stride
-        cx = (cols + offset[1, rows, cols] + 0.5) * stride
-        boxes = np.stack(
-            [
-                (cx - width / 2) / self.input_width,
-                (cy - height / 2) / self.input_height,
-                (cx + width / 2) / self.input_width,
-                (cy + height / 2) / self.input_height,
-            ],
-            axis=1,
-        )
+        # both axes at once, as (y, x) rows: a handful of candidates costs per call, not per value
+        size = np.exp(np.clip(scale[:, rows, cols].astype(np.float64), -limit, limit)) * stride
+        centre = (np.stack([rows, cols]) + offset[:, rows, cols] + 0.5) * stride
+        half = size / 2
+        sides = self._sides
+        # x1, y1, x2, y2 from the (y, x) rows of the low and high corners
+        boxes = np.concatenate([(centre - half) / sides, (centre + half) / sides])[[1, 0, 3, 2]].T
         scores = heatmap[rows, cols].astype(np.float64)
         keep = nms(boxes, scores, self.iou_threshold, max_detections=self.max_detections)
         return Decoded(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.detect.decoding import Decoder, build_decoder
-from agent.detect.preprocess import input_shape, letterbox
+from agent.detect.preprocess import Preprocessor, input_shape
 from agent.runtimes.base import Runtime, TensorDetails
 from ota.manifest import InputSpec, PostprocessSpec
 
@@ -70,6 +70,7 @@ class Detector:
         self._decoder: Decoder = build_decoder(input_spec, postprocess_spec)
         # from the spec, not the model: a model with free dimensions reports them as -1
         self._input = np.empty(input_shape(input_spec), dtype=details.dtype)
+        self._preprocess = Preprocessor(input_spec, quantization=self._quantization)
         self.last_times = StageTimes()
 
     def detect(self, frame_bgr: np.ndarray) -> list[Detection]:
@@ -79,9 +80,7 @@ class Detector:
         model fails on it.
         """
         t0 = time.perf_counter()
-        tensor, transform = letterbox(
-            frame_bgr, self.input_spec, quantization=self._quantization, out=self._input
-        )
+        tensor, transform = self._preprocess(frame_bgr, out=self._input)
         t1 = time.perf_counter()
         outputs = self.runtime.infer(tensor)
         t2 = time.perf_counter()

@@ -53,7 +53,11 @@ class SSDDecoder:
         self.score_threshold = score_threshold
         self.iou_threshold = iou_threshold
         self.max_detections = max_detections
-        self._keep = np.asarray(sorted(set(self.params.keep_classes)), dtype=np.int64)
+        # a lookup table by class id: one gather per frame instead of a set-membership search
+        self._keep: np.ndarray | None = None
+        if self.params.keep_classes:
+            self._keep = np.zeros(max(self.params.keep_classes) + 1, dtype=bool)
+            self._keep[list(self.params.keep_classes)] = True
 
     def __call__(self, outputs: Sequence[np.ndarray]) -> Decoded:
         """Raises DecodeError when the outputs are neither form described in the module."""
@@ -66,8 +70,9 @@ class SSDDecoder:
 
         # class ids below the offset are the background, which has no label
         wanted = (scores >= self.score_threshold) & (class_ids >= self.params.label_offset)
-        if self._keep.size:
-            wanted &= np.isin(class_ids, self._keep)
+        if self._keep is not None:
+            listed = np.clip(class_ids, 0, self._keep.size - 1)
+            wanted &= self._keep[listed] & (listed == class_ids)
         wanted &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         if not wanted.any():
             return Decoded.empty()

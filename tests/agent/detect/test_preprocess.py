@@ -1,11 +1,20 @@
 """Frame → tensor, and model coordinates back to the frame."""
 
+import itertools
+
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.detect.preprocess import PreprocessError, input_shape, letterbox, plan_transform
+from agent.detect.preprocess import (
+    PreprocessError,
+    Preprocessor,
+    input_shape,
+    letterbox,
+    plan_transform,
+)
 from ota.manifest import InputSpec
 
 SPEC = InputSpec(width=128, height=128)  # rgb, float32, mean = std = 127.5, letterboxed
@@ -123,6 +132,80 @@ def test_transform_points_at_where_the_pixels_really_went():
     (y1, x1), (y2, x2) = bright.min(axis=0), bright.max(axis=0) + 1
     found = transform.boxes_to_frame(np.array([x1, y1, x2, y2]) / 128.0)
     np.testing.assert_allclose(found, [0.25, 0.25, 0.75, 0.75], atol=1 / 96)
+
+
+def reference_tensor(
+    frame: np.ndarray, spec: InputSpec, quantization: tuple[float, int] | None
+) -> np.ndarray:
+    """The documented formula, one plain step at a time on a float canvas."""
+    t = plan_transform(frame.shape[1], frame.shape[0], spec)
+    left, top, w, h = int(t.left), int(t.top), int(t.content_width), int(t.content_height)
+    shrinking = w < frame.shape[1] or h < frame.shape[0]
+    resized = cv2.resize(
+        np.ascontiguousarray(frame),
+        (w, h),
+        interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
+    )
+    if spec.color == "rgb":
+        resized = resized[..., ::-1]
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    canvas = np.empty((spec.height, spec.width, 3), dtype=np.float32)
+    canvas[...] = mean
+    canvas[top : top + h, left : left + w] = resized
+    if spec.dtype == "float32":
+        canvas = (canvas - mean) / std
+    else:
+        if quantization is not None:
+            canvas = (canvas - mean) / (std * np.float32(quantization[0]))
+            canvas += np.float32(quantization[1])
+        elif spec.dtype == "int8":
+            canvas -= np.float32(128.0)
+        low, high = (0, 255) if spec.dtype == "uint8" else (-128, 127)
+        canvas = np.clip(np.rint(canvas), low, high)
+    if spec.layout == "nchw":
+        canvas = canvas.transpose(2, 0, 1)
+    return canvas[np.newaxis].astype(spec.dtype)
+
+
+NORMALISATIONS = [((127.5,) * 3, (127.5,) * 3), ((0, 0, 0), (1, 1, 1)), ((10, 20, 30), (1, 2, 5))]
+
+
+@pytest.mark.parametrize(
+    ("layout", "color", "dtype", "quantization"),
+    [
+        (layout, color, dtype, quantization)
+        for layout, color, dtype, quantization in itertools.product(
+            ("nhwc", "nchw"), ("rgb", "bgr"), ("float32", "uint8", "int8"), (None, (0.02, -5))
+        )
+        if quantization is None or dtype != "float32"
+    ],
+)
+def test_fast_path_gives_bit_for_bit_the_plain_formula(layout, color, dtype, quantization):
+    rng = np.random.default_rng(7)
+    camera = rng.integers(0, 256, (500, 700, 3), dtype=np.uint8)
+    # a whole frame, a crop (as tiling hands over) and a frame whose aspect needs no padding
+    frames = [camera[:480, :640], camera[13:313, 40:140], camera[:64, :96]]
+    for (mean, std), letterboxed in itertools.product(NORMALISATIONS, (True, False)):
+        spec = InputSpec(
+            width=96, height=64, layout=layout, color=color, dtype=dtype,
+            mean=mean, std=std, letterbox=letterboxed,
+        )  # fmt: skip
+        preprocess = Preprocessor(spec, quantization=quantization)
+        # a reused buffer full of stale values must come out exactly as a fresh one
+        out = np.full(input_shape(spec), 7, dtype=np.dtype(dtype))
+        for frame in frames + frames:
+            tensor, transform = preprocess(frame, out=out)
+            assert tensor is out
+            assert transform == plan_transform(frame.shape[1], frame.shape[0], spec)
+            np.testing.assert_array_equal(tensor, reference_tensor(frame, spec, quantization))
+
+
+def test_a_zero_quantisation_scale_means_not_quantised():
+    spec = InputSpec(width=16, height=16, dtype="uint8")
+    frame = solid_frame(16, 16, (10, 20, 200))
+    plain, _ = letterbox(frame, spec)
+    np.testing.assert_array_equal(letterbox(frame, spec, quantization=(0.0, 0))[0], plain)
 
 
 sizes = st.integers(min_value=1, max_value=4000)

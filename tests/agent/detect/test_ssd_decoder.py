@@ -49,6 +49,19 @@ def test_low_scores_background_and_unwanted_classes_are_dropped():
     assert SSDDecoder(score_threshold=0.5)(tf_outputs(rows)).classes.tolist() == [17, 0]
 
 
+def test_only_listed_classes_are_kept_whatever_id_the_model_emits():
+    rows = [
+        ((0.0, 0.0, 0.2, 0.2), 2, 0.9),  # between two kept ids
+        ((0.0, 0.4, 0.2, 0.6), -1, 0.9),  # below every id
+        ((0.4, 0.0, 0.6, 0.2), 90, 0.9),  # above every kept id
+        ((0.4, 0.4, 0.6, 0.6), 3, 0.8),
+        ((0.8, 0.8, 1.0, 1.0), 0, 0.7),
+    ]
+    params = SSDParams(label_offset=0, keep_classes=(3, 0))
+    out = SSDDecoder(score_threshold=0.5, params=params)(tf_outputs(rows))
+    assert out.classes.tolist() == [3, 0]
+
+
 def test_overlaps_are_suppressed_within_a_class_only():
     rows = [
         ((0.1, 0.1, 0.5, 0.5), 1, 0.9),
