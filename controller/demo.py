@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +60,38 @@ def agent_command() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-m", "agent.cli"]
+
+
+def write_agent_config(agent_dir: Path, config: dict[str, Any]) -> Path:
+    """Write an agent settings file into `agent_dir`; returns its path."""
+    path = agent_dir / "agent.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def spawn_agent(
+    config_path: Path, log_path: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `edgefleet-agent run` on a settings file, appending its output to `log_path`."""
+    environment = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [*agent_command(), "run", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+        )
+
+
+def stop_agent(agent: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM (the agent flushes its outbox and says offline), SIGKILL if it hangs."""
+    if agent.poll() is None:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait(timeout=5)
 
 
 def _keys(workdir: Path) -> tuple[SigningKey, Path]:
@@ -129,23 +162,13 @@ def run_demo(duration: float, workdir: Path, http_port: int | None = None) -> De
             "cameras": [{"id": "cam0", "source": str(video.path), "loop": True}],
             "health_interval_s": 2.0,
         }
-        (agent_dir / "agent.yaml").write_text(yaml.safe_dump(config))
-        log_file = (workdir / "agent.log").open("wb")
-        agent = subprocess.Popen(
-            [*agent_command(), "run", "--config", str(agent_dir / "agent.yaml")],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        (workdir / "agent.log").unlink(missing_ok=True)
+        agent = spawn_agent(write_agent_config(agent_dir, config), workdir / "agent.log")
         with httpx.Client(base_url=api, timeout=10.0) as http:
             return _drive(http, agent, built.path, built.digest, duration, workdir)
     finally:
-        if agent is not None and agent.poll() is None:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                agent.kill()
+        if agent is not None:
+            stop_agent(agent)
         controller.stop()
         broker.close()
 

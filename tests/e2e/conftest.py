@@ -19,7 +19,7 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.demo import agent_command
+from controller.demo import spawn_agent, stop_agent
 from controller.sample_video import Placement, write_sample_video
 from controller.server import Controller
 from controller.settings import ControllerSettings, HttpSettings, MqttSettings
@@ -183,17 +183,11 @@ class KillFleet:
 
     def start_agent(self, fault: str | None = None) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if k != "EDGEFLEET_AGENT_FAULT"}
-        env["PYTHONUNBUFFERED"] = "1"
         if fault:
             env["EDGEFLEET_AGENT_FAULT"] = fault
         with self.log_path.open("ab") as log:
             log.write(f"---- agent start, fault={fault}\n".encode())
-            self.agent = subprocess.Popen(
-                [*agent_command(), "run", "--config", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        self.agent = spawn_agent(self.config, self.log_path, env)
         return self.agent
 
     def wait_killed(self, timeout: float = 60.0) -> None:
@@ -216,13 +210,8 @@ class KillFleet:
         return next((d for d in found if d["id"] == FLEET_DEVICE), {})
 
     def close(self) -> None:
-        if self.agent is not None and self.agent.poll() is None:
-            self.agent.send_signal(signal.SIGTERM)
-            try:
-                self.agent.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.agent.kill()
-                self.agent.wait(timeout=5)
+        if self.agent is not None:
+            stop_agent(self.agent)
         self.observer.close()
         self.http.close()
         self.controller.stop()

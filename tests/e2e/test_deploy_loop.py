@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
 import tarfile
 import time
@@ -13,10 +11,9 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.demo import agent_command
+from controller.demo import spawn_agent, stop_agent, write_agent_config
 from controller.sample_video import Placement, astronaut_frame, write_sample_video
 from controller.server import Controller
 from controller.settings import ControllerSettings, HttpSettings, MqttSettings
@@ -83,14 +80,7 @@ def fleet(tmp_path, mosquitto, release_key):
         "health_interval_s": 1.0,
         "chunk_request_timeout_s": 2.0,
     }
-    (agent_dir / "agent.yaml").write_text(yaml.safe_dump(config))
-    log = (tmp_path / "agent.log").open("wb")
-    agent = subprocess.Popen(
-        [*agent_command(), "run", "--config", str(agent_dir / "agent.yaml")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    agent = spawn_agent(write_agent_config(agent_dir, config), tmp_path / "agent.log")
     http = httpx.Client(base_url=controller.api_url, timeout=10.0)
     try:
         yield type(
@@ -107,14 +97,8 @@ def fleet(tmp_path, mosquitto, release_key):
         )
     finally:
         http.close()
-        if agent.poll() is None:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                agent.kill()
+        stop_agent(agent)
         controller.stop()
-        log.close()
         if agent.returncode not in (0, -signal.SIGTERM):
             sys.stderr.write((tmp_path / "agent.log").read_text()[-4000:])
 

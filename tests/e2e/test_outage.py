@@ -3,10 +3,8 @@ the controller ends with every event the agent recorded, exactly once."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -18,7 +16,7 @@ from sqlalchemy import select
 
 from agent.outbox import Outbox, OutboxSettings
 from controller.db import DetectionRow, EventRow
-from controller.demo import agent_command
+from controller.demo import spawn_agent
 from controller.sample_video import Placement, write_sample_video
 from controller.server import Controller
 from controller.settings import ControllerSettings, HttpSettings, MqttSettings
@@ -56,15 +54,6 @@ def stored_ids(controller: Controller) -> tuple[list[str], set[str]]:
         dets = list(db.scalars(select(DetectionRow.id).where(DetectionRow.device == DEVICE)))
         evts = set(db.scalars(select(EventRow.id).where(EventRow.device == DEVICE)))
     return dets, evts
-
-
-def start_agent(config: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [*agent_command(), "run", "--config", str(config)],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
 
 
 def test_outage_and_sigkill_lose_nothing_and_duplicate_nothing(
@@ -112,7 +101,7 @@ def test_outage_and_sigkill_lose_nothing_and_duplicate_nothing(
     )
     journal = agent_dir / "outbox.sqlite"
     log = tmp_path / "agent.log"
-    agent = start_agent(config, log)
+    agent = spawn_agent(config, log)
     try:
         wait_for("detections at the controller", lambda: len(stored_ids(controller)[0]) >= 2)
 
@@ -134,7 +123,7 @@ def test_outage_and_sigkill_lose_nothing_and_duplicate_nothing(
         agent.send_signal(signal.SIGKILL)
         agent.wait(timeout=10)
         killed_at = journal_count(journal)
-        agent = start_agent(config, log)
+        agent = spawn_agent(config, log)
         wait_for("events after the restart", lambda: journal_count(journal) >= killed_at + 4, 30)
         agent.send_signal(signal.SIGTERM)  # a clean stop flushes the outbox
         assert agent.wait(timeout=20) == 0

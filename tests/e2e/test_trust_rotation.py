@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -14,10 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from controller.cli import main as edgefleet
-from controller.demo import agent_command
+from controller.demo import spawn_agent, stop_agent, write_agent_config
 from controller.server import Controller
 from controller.settings import ControllerSettings, HttpSettings, MqttSettings
 from ota.build import BundleSpec, VariantSource, build_bundle
@@ -85,27 +83,14 @@ def fleet(tmp_path: Path, mosquitto):
         "mqtt": {"host": "127.0.0.1", "port": mosquitto.port, "keepalive": 5},
         "health_interval_s": 1.0,
     }
-    (agent_dir / "agent.yaml").write_text(yaml.safe_dump(config))
-    log = (tmp_path / "agent.log").open("wb")
-    agent = subprocess.Popen(
-        [*agent_command(), "run", "--config", str(agent_dir / "agent.yaml")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    agent = spawn_agent(write_agent_config(agent_dir, config), tmp_path / "agent.log")
     http = httpx.Client(base_url=controller.api_url, timeout=10.0)
     try:
         yield keys, agent_dir / "trust.json", controller, http
     finally:
         http.close()
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()
+        stop_agent(agent)
         controller.stop()
-        log.close()
         if agent.returncode not in (0, -signal.SIGTERM):
             sys.stderr.write((tmp_path / "agent.log").read_text()[-4000:])
 
