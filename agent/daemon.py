@@ -188,7 +188,14 @@ class Agent:
                 clean[key] = str(clean[key])[: 4096 if key == "message" else 256]
         event = Event(device=self.device_id, kind=kind, **clean)  # type: ignore[arg-type]
         log.info("event=%s bundle=%s reason=%s", kind, (event.bundle or "-")[:12], event.reason)
-        self.outbox.put(self.session.topics.evt(self.device_id), encode(event), [event.id])
+        topic = self.session.topics.evt(self.device_id)
+        if kind == "chunk_request":
+            # worth only its moment: the deployer asks again for whatever is still missing, and
+            # a request replayed from disk after a restart would make the controller resend
+            # chunks this device may already hold
+            self.session.publish(topic, encode(event), qos=1)
+            return
+        self.outbox.put(topic, encode(event), [event.id])
 
     def activate(self, installed: InstalledBundle) -> None:
         """Load `installed` beside the running model and swap it in between two frames."""

@@ -25,7 +25,7 @@ from agent.probation import HealthSource
 from ota.install import BundleStore, InstalledBundle, StoreCorrupt
 from ota.transfer import ChunkAssembler, Offer, TransferError
 from protocol.codec import Chunk
-from protocol.messages import ChunkRange, Deploy
+from protocol.messages import BundleOffer, ChunkRange, Deploy
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,9 @@ class Deployer:
             if current is not None and current.digest == pending.digest:
                 self._forget_download(pending.digest)  # installed; we stopped before cleanup
                 continue
+            if pending.url is not None:
+                self._resume_over_http(pending)
+                continue
             try:
                 assembler = ChunkAssembler(
                     self.downloads,
@@ -252,12 +255,44 @@ class Deployer:
         offer = command.bundle
         if not self.http.start(offer, command.id):
             return  # already downloading; its updates now carry this command's id
+        # remembered, so a restart takes the download up again from its .part file
+        save_pending(
+            self.downloads,
+            PendingOffer(
+                digest=offer.digest,
+                size=offer.size,
+                chunk_size=offer.chunk_size,
+                chunks=offer.chunks,
+                cmd_id=command.id,
+                name=offer.name,
+                version=offer.version,
+                url=offer.url,
+            ),
+        )
         self._emit(
             "deploy_offered",
             bundle=offer.digest,
             cmd_id=command.id,
             message=f"{offer.name}@{offer.version}, {offer.size} bytes over HTTP",
         )
+
+    def _resume_over_http(self, pending: PendingOffer) -> None:
+        offer = BundleOffer(
+            name=pending.name,
+            version=pending.version,
+            digest=pending.digest,
+            size=pending.size,
+            chunk_size=pending.chunk_size,
+            chunks=pending.chunks,
+            url=pending.url,
+        )
+        if self.http.start(offer, pending.cmd_id):
+            self._emit(
+                "downloading",
+                bundle=pending.digest,
+                cmd_id=pending.cmd_id,
+                message="resumed over HTTP",
+            )
 
     def _on_http_update(self, update: DownloadUpdate) -> None:
         """Report an HTTP download's progress; a finished file goes through `install`."""
@@ -273,6 +308,8 @@ class Deployer:
                 **fields,
             )
         elif update.kind == "failed":
+            # given up: a later offer starts again from the .part file, a restart does not
+            drop_pending(self.downloads, update.digest)
             self._emit(
                 "failed", reason=update.reason, message=update.message, level="error", **fields
             )

@@ -31,6 +31,7 @@ class PendingOffer(BaseModel):
     cmd_id: str
     name: str
     version: int
+    url: str | None = Field(None, description="set when the bundle comes by HTTP range requests")
 
 
 def pending_path(directory: Path, digest: str) -> Path:

@@ -151,3 +151,33 @@ def test_a_repeated_offer_while_downloading_does_not_start_a_second_download(
     updates = downloads.poll()
     assert [u.kind for u in updates] == ["failed"]
     assert updates[0].cmd_id == again.id  # reported against the newest command
+
+
+def test_a_restart_mid_download_takes_the_http_download_up_again(
+    tmp_path, trust, build_blazeface, serve
+):
+    built = build_blazeface(version=1)
+    data = built.path.read_bytes()
+    url = serve(data)
+    # what a killed run leaves: the offer on record and part of the file on disk
+    first = _deployer(tmp_path, trust, [], [])
+    first.http = HttpDownloads(tmp_path / "downloads", policy=RetryPolicy(attempts=1))
+    first.on_deploy(_offer(built, url))
+    assert first.http.join(10)
+    (tmp_path / "downloads" / f"{built.digest}.bundle").unlink()
+    (tmp_path / "downloads" / f"{built.digest}.http.part").write_bytes(data[: len(data) // 2])
+
+    events: list = []
+    activated: list = []
+    restarted = _deployer(tmp_path, trust, events, activated)
+    restarted.resume()
+    assert restarted.http.active(built.digest)
+    assert events[0][0] == "downloading" and events[0][1]["message"] == "resumed over HTTP"
+    assert restarted.http.join(10)
+    restarted.tick()
+    assert "running" in [k for k, _ in events]
+    assert activated[0].digest == built.digest
+    # installed: the offer is forgotten, so a later restart does not fetch it again
+    again: list = []
+    _deployer(tmp_path, trust, again, []).resume()
+    assert again == []
