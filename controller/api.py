@@ -359,14 +359,24 @@ def create_app(ctx: ApiContext) -> FastAPI:
         online = db.scalar(select(func.count()).select_from(Device).where(Device.online)) or 0
         detections = db.scalar(select(func.count()).select_from(DetectionRow)) or 0
         frames, fps = 0, 0.0
-        for device_id in db.scalars(select(Device.id)):
-            latest = db.scalar(
-                select(HealthRow)
-                .where(HealthRow.device == device_id)
-                .order_by(HealthRow.ts.desc())
-                .limit(1)
+        # one query for the newest health of every device (ix_health_device_ts), not one per
+        # device: this page is polled, and a fleet has thousands of devices
+        newest = (
+            select(HealthRow.device, func.max(HealthRow.ts).label("ts"))
+            .group_by(HealthRow.device)
+            .subquery()
+        )
+        latest_rows = db.scalars(
+            select(HealthRow).join(
+                newest, (HealthRow.device == newest.c.device) & (HealthRow.ts == newest.c.ts)
             )
-            for camera in latest.payload.get("cameras", []) if latest else []:
+        )
+        seen: set[str] = set()
+        for latest in latest_rows:
+            if latest.device in seen:
+                continue  # two samples with the same newest time: count the device once
+            seen.add(latest.device)
+            for camera in latest.payload.get("cameras", []):
                 frames += int(camera.get("frames_processed", 0))
                 fps += float(camera.get("fps_processed", 0.0))
         last = db.scalar(select(DetectionRow).order_by(DetectionRow.ts.desc()).limit(1))

@@ -83,6 +83,25 @@ def test_api_serves_what_agents_published(http, agent):
     assert http.get("/healthz").json() == {"status": "ok", "database": True, "mqtt": True}
 
 
+def test_summary_counts_only_the_newest_health_of_each_device(http, mosquitto):
+    fleet = [FakeAgent(mosquitto.host, mosquitto.port, name) for name in ("cam-a", "cam-b")]
+    try:
+        for index, one in enumerate(fleet):
+            one.online()
+            for ts, frames in ((1000.0, 100), (2000.0, 300 + index)):  # oldest first
+                camera = CameraHealth(camera="cam0", fps_processed=5.0, frames_processed=frames)
+                one.send(Health(device=one.device, ts=ts, cameras=(camera,)), "health")
+        wait_until(
+            lambda: all(len(rows(http, f"/api/health/{a.device}")) == 2 for a in fleet),
+            what="both samples of both devices",
+        )
+        summary = http.get("/api/summary").json()
+        assert (summary["devices"], summary["frames"], summary["fps"]) == (2, 601, 10.0)
+    finally:
+        for one in fleet:
+            one.close()
+
+
 def test_bundles_are_uploaded_served_and_deployed(http, agent, controller, make_bundle):
     built = make_bundle()
     body = built.path.read_bytes()
