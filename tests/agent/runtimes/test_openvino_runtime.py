@@ -7,11 +7,10 @@ runtime the model was published for (IoU ≥ 0.9, scores within 0.05).
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
-from agent.detect.detector import Detection, Detector
+from agent.detect.detector import Detector
 from agent.detect.nms import iou_matrix
 from agent.detect.preprocess import input_shape
 from agent.runtimes.base import (
@@ -25,38 +24,20 @@ from agent.runtimes.base import (
 from agent.runtimes.litert import LiteRTRuntime
 from agent.runtimes.onnx import OnnxRuntime
 from agent.runtimes.openvino import OpenVINORuntime, myriad_note, release
-from controller.model_fetch import default_cache_dir, fetch_model
+from controller.model_fetch import default_cache_dir
 from controller.recipes import VARIANT_CACHE, example_spec
-from controller.sample_video import Placement, astronaut_frame, render_placement
+from controller.sample_video import astronaut_frame
 from controller.variants import batch_shape, convert_to_openvino
 from ota.build import BundleSpec
+from tests.agent.consistency import (
+    CANDIDATE_THRESHOLD,
+    FRAME_SIZE,
+    PHOTOS,
+    THRESHOLD_MARGIN,
+    assert_paired,
+)
 
 VGA_INPUT = (1, 3, 480, 640)
-FRAME_SIZE = (640, 480)
-MIN_IOU = 0.9
-MAX_SCORE_GAP = 0.05
-CANDIDATE_THRESHOLD = 0.01
-# candidates this close to the threshold may have a partner just below it
-THRESHOLD_MARGIN = 0.01
-
-
-@pytest.fixture(scope="session")
-def centerface_model() -> Path:
-    return fetch_model("centerface")
-
-
-def _photos() -> dict[str, np.ndarray]:
-    import skimage.data
-
-    frames = {"astronaut": astronaut_frame(FRAME_SIZE)[0]}
-    for name in ("coffee", "rocket"):
-        frames[name] = render_placement(Placement(name), FRAME_SIZE)[0]
-    cat = cv2.cvtColor(skimage.data.chelsea(), cv2.COLOR_RGB2BGR)
-    frames["chelsea"] = cv2.resize(cat, FRAME_SIZE, interpolation=cv2.INTER_AREA)
-    return frames
-
-
-PHOTOS = _photos()
 
 
 @pytest.fixture(scope="session")
@@ -227,23 +208,6 @@ def detector_pair(request, blazeface_model, centerface_model, generated_ir):
         openvino.close()
 
 
-def _pair_up(a: list[Detection], b: list[Detection], *, floor: float = 0.0) -> int:
-    """Every detection scoring at least `floor` has a partner in the other list; returns how
-    many were paired."""
-    paired = 0
-    for one, other in ((a, b), (b, a)):
-        for detection in one:
-            if detection.score < floor:
-                continue  # near the threshold, a partner may fall just below it
-            assert other, f"{detection} has no partner"
-            ious = iou_matrix(np.array([detection.box]), np.array([d.box for d in other]))[0]
-            best = int(np.argmax(ious))
-            assert ious[best] >= MIN_IOU, (detection, other[best])
-            assert abs(other[best].score - detection.score) <= MAX_SCORE_GAP, (detection, other)
-            paired += 1
-    return paired
-
-
 def test_openvino_finds_the_astronaut_face_like_the_reference(detector_pair):
     frame, truth = astronaut_frame(FRAME_SIZE)
     for detector in detector_pair["bundle"]:
@@ -257,7 +221,7 @@ def test_openvino_agrees_with_the_reference_runtime(detector_pair, photo):
     reference, openvino = detector_pair["bundle"]
     a, b = reference.detect(PHOTOS[photo]), openvino.detect(PHOTOS[photo])
     assert len(a) == len(b), (a, b)
-    assert _pair_up(a, b) == 2 * len(a)
+    assert assert_paired(a, b) == 2 * len(a)
 
 
 @pytest.mark.parametrize("photo", sorted(PHOTOS))
@@ -265,4 +229,4 @@ def test_openvino_agrees_on_weak_candidates_too(detector_pair, photo):
     reference, openvino = detector_pair["weak"]
     a, b = reference.detect(PHOTOS[photo]), openvino.detect(PHOTOS[photo])
     assert a and b, "the low threshold should leave candidates on every photo"
-    assert _pair_up(a, b, floor=CANDIDATE_THRESHOLD + THRESHOLD_MARGIN) >= 1
+    assert assert_paired(a, b, floor=CANDIDATE_THRESHOLD + THRESHOLD_MARGIN) >= 1
