@@ -65,14 +65,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_bundle(args: argparse.Namespace) -> int:
     from ota.errors import BundleRefused
-    from ota.install import BundleStore
+    from ota.install import SlotStore
     from ota.trust import TrustStore
     from ota.verify import verify_bundle
 
     settings = _settings(args)
     trust = TrustStore.load(args.trust or settings.trust_file)
     now = datetime.now(timezone.utc)
-    store = BundleStore(settings.data_dir / "bundles")
+    store = SlotStore(settings.data_dir / "bundles")
     try:
         if args.bundle_command == "verify":
             with args.file.open("rb") as stream:

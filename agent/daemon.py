@@ -13,7 +13,6 @@ from types import FrameType
 from typing import Any
 
 from agent import __version__
-from agent.camera import resolve_cameras
 from agent.config_overlay import (
     ConfigRejected,
     apply_overlay,
@@ -22,25 +21,28 @@ from agent.config_overlay import (
     save_overlay,
     settings_with_overlay,
 )
-from agent.deployer import Deployer
-from agent.faults import fault_point_from_env
-from agent.health import SystemHealth, Uptime
-from agent.health_sources import DeviceHealth, profile_health_sources, with_device_health
-from agent.loader import DEFAULT_PREFERENCES, load_model
-from agent.outbox import Outbox, OutboxPump
-from agent.pipeline import ActiveModel, Pipeline
-from agent.probation import CountingDetector, ModelHealth
+from agent.deploy.deployer import DeviceDeployer
+from agent.deploy.faults import fault_point_from_env
+from agent.deploy.loader import DEFAULT_PREFERENCES, load_model
+from agent.deploy.probation import CountingDetector, ModelHealth
+from agent.deploy.trust_update import apply_trust_update
+from agent.health.sources import DeviceHealth, profile_health_sources, with_device_health
+from agent.health.system import SystemHealth, Uptime
+from agent.link.outbox import Outbox, OutboxPump
+from agent.link.session import AgentSession
+from agent.link.snapshots import SnapshotDelivery
+from agent.link.telemetry import DetectionBatcher, health_message
+from agent.pipeline.snapshots import SnapshotKeeper
+from agent.pipeline.sources import resolve_cameras
+from agent.pipeline.workers import ActiveModel, Pipeline
 from agent.runtimes.base import RuntimeProbe, probe_runtime
-from agent.session import AgentSession
 from agent.settings import AgentSettings
-from agent.snapshot_delivery import SnapshotDelivery
-from agent.snapshot_keeper import SnapshotKeeper
 from agent.systemd import Notifier
-from agent.telemetry import DetectionBatcher, health_message
-from agent.trust_update import apply_trust_update
-from device_profiles import ProfileError, RuntimePreference, effective_runtimes
-from device_profiles import detect as detect_profile
-from ota.install import BundleStore, InstalledBundle
+from device_profiles.errors import ProfileError
+from device_profiles.probe import detect as detect_profile
+from device_profiles.probe import effective_runtimes
+from device_profiles.schema import RuntimePreference
+from ota.install import InstalledBundle, SlotStore
 from protocol.codec import encode
 from protocol.messages import (
     Ack,
@@ -106,7 +108,7 @@ class Agent:
         self.system = SystemHealth(disk_path=self.data_dir)
         self.probes: list[RuntimeProbe] = [probe_runtime(k) for k in KNOWN_RUNTIMES]
         self.profile, self.preferences = choose_profile(settings.profile)
-        self.store = BundleStore(self.data_dir / "bundles")
+        self.store = SlotStore(self.data_dir / "bundles")
         self.session = AgentSession(settings, self.state)
         # detections and deployment events go to disk first; the pump publishes them from there
         self.outbox = Outbox(
@@ -135,7 +137,7 @@ class Agent:
             snapshots=self.snapshots,
         )
         self.device_health = self._device_health()
-        self.deployer = Deployer(
+        self.deployer = DeviceDeployer(
             store=self.store,
             downloads=self.data_dir / "downloads",
             trust_file=settings.trust_file,

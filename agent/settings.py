@@ -10,11 +10,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from agent.filters import FilterSettings
-from agent.motion import MotionSettings
-from agent.outbox import OutboxSettings
-from agent.snapshot_keeper import SnapshotSettings
-from agent.tracker import TrackerSettings
+from agent.link.outbox import OutboxSettings
+from agent.pipeline.filters import FilterSettings
+from agent.pipeline.motion import MotionSettings
+from agent.pipeline.snapshots import SnapshotSettings
+from agent.pipeline.tracker import TrackerSettings
 from device_profiles.schema import HealthSource
 from protocol.topics import DEFAULT_PREFIX, validate_device_id
 

@@ -46,9 +46,9 @@ from agent.detect.nms import iou_matrix
 from agent.detect.preprocess import input_shape
 from agent.runtimes.base import RuntimeOptions, probe_runtime
 from agent.runtimes.onnx import OnnxRuntime
-from controller.model_fetch import fetch_model
-from controller.recipes import example_spec
-from controller.sample_video import Placement, astronaut_frame, render_placement
+from controller.release.models import fetch_model
+from controller.release.recipes import example_spec
+from controller.demo.sample_video import Placement, astronaut_frame, render_placement
 
 MIN_IOU, MAX_GAP, RUNS = 0.9, 0.05, 20
 

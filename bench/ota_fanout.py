@@ -4,7 +4,7 @@ Each receiver speaks the agent's protocol: subscribe to the bundle's chunk topic
 chunks it lacks with `chunk_request` events, store chunks in a `ChunkAssembler`, ask again for
 what is still missing when chunks stop coming, and at the end check the digest and verify the
 signed bundle with `ota.verify`. The controller side is the real `ChunkServer` and `Publisher`
-over a real `BundleStore`, fed by an MQTT subscriber to the agents' event topics (as the ingest
+over a real `BundleRepository`, fed by an MQTT subscriber to the agents' event topics (as the ingest
 does). The baseline is what unicast would cost: agents × bundle bytes, and one agent's time.
 Prints one `RESULT` line; exits 1 when an agent did not finish in time.
 """
@@ -29,11 +29,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.broker import MosquittoBroker
-from controller.bundle_store import BundleInfo, BundleStore, release_verifier
-from controller.chunk_server import ChunkServer
+from controller.bundles.chunks import ChunkServer
+from controller.bundles.repository import BundleInfo, BundleRepository, release_verifier
 from controller.db import make_engine, session_factory, upgrade_database
-from controller.mqtt_session import Publisher
+from controller.demo.broker import MosquittoBroker
+from controller.mqtt.session import Publisher
 from controller.settings import MqttSettings
 from ota.build import BuiltBundle, BundleSpec, VariantSource, build_bundle
 from ota.errors import BundleRefused
@@ -42,7 +42,8 @@ from ota.manifest import InputSpec, PostprocessSpec
 from ota.transfer import ChunkAssembler, Offer, TransferError
 from ota.trust import TrustStore
 from ota.verify import verify_bundle
-from protocol.codec import ProtocolError, decode_agent_message, decode_chunk, encode
+from protocol.codec import decode_agent_message, decode_chunk, encode
+from protocol.errors import ProtocolError
 from protocol.messages import ChunkRange, Event
 from protocol.topics import Topics
 
@@ -267,7 +268,7 @@ class RunResult:
 def deliver(
     *,
     port: int,
-    store: BundleStore,
+    store: BundleRepository,
     info: BundleInfo,
     trust_path: Path,
     workdir: Path,
@@ -372,7 +373,7 @@ def main() -> int:
         url = f"sqlite:///{workdir / 'controller.db'}"
         upgrade_database(url)
         engine = make_engine(url)
-        store = BundleStore(
+        store = BundleRepository(
             workdir / "bundles",
             session_factory(engine),
             release_verifier(workdir / "trust.json", 1 << 30),

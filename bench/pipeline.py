@@ -26,12 +26,12 @@ import numpy as np
 
 from agent.detect.detector import Detector
 from agent.detect.preprocess import input_shape, letterbox
-from agent.pipeline import ActiveModel, Pipeline
+from agent.pipeline.workers import ActiveModel, Pipeline
 from agent.runtimes.base import Runtime
 from agent.settings import CameraSettings
-from controller.model_fetch import fetch_model
-from controller.recipes import example_spec
-from controller.sample_video import DEFAULT_SCENES, render_placement
+from controller.demo.sample_video import DEFAULT_SCENES, render_placement
+from controller.release.models import fetch_model
+from controller.release.recipes import example_spec
 
 SIZE = (640, 480)
 
@@ -118,7 +118,7 @@ def child(kind: str, threads: int) -> None:
             runtime.infer(letterbox(image, detector.input_spec)[0])
     else:
         import agent.daemon  # noqa: F401  everything an agent process imports
-        from agent.outbox import Outbox
+        from agent.link.outbox import Outbox
 
         with tempfile.TemporaryDirectory() as tmp:
             outbox = Outbox(Path(tmp) / "outbox.sqlite")

@@ -26,8 +26,8 @@ import numpy as np
 from agent.detect.detector import Detector, StageTimes
 from agent.detect.preprocess import input_shape, letterbox
 from agent.runtimes.base import Runtime, RuntimeUnavailableError, load_runtime_class
-from controller.recipes import example_spec
-from controller.sample_video import astronaut_frame
+from controller.demo.sample_video import astronaut_frame
+from controller.release.recipes import example_spec
 from ota.build import BundleSpec
 
 # model -> (bundle spec, short name, runtimes to try with the model file each one reads)

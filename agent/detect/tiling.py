@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.detect.detector import Detection, Detector
+from agent.detect.detector import Detector, FrameDetection
 from agent.detect.preprocess import PreprocessError
 
 
@@ -69,11 +69,13 @@ def _coverage(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def merge_detections(detections: list[Detection], threshold: float = 0.6) -> list[Detection]:
+def merge_detections(
+    detections: list[FrameDetection], threshold: float = 0.6
+) -> list[FrameDetection]:
     """Greedy per-label merge: drop a box when `threshold` of it (or of the kept box) lies
     inside a better-scoring kept box of the same label. Returns by falling score."""
     ordered = sorted(detections, key=lambda d: -d.score)
-    kept: list[Detection] = []
+    kept: list[FrameDetection] = []
     for det in ordered:
         same = [k for k in kept if k.label == det.label]
         if same:
@@ -117,7 +119,7 @@ class TilingDetector:
         self.min_frame_side = min_frame_side
         self.last_tiles = 0
 
-    def detect(self, frame_bgr: np.ndarray) -> list[Detection]:
+    def detect(self, frame_bgr: np.ndarray) -> list[FrameDetection]:
         """Detections in one BGR frame, frame-normalised, by falling score.
 
         Raises as Detector.detect does.
@@ -129,7 +131,7 @@ class TilingDetector:
             self.last_tiles = 1
             return self.detector.detect(frame_bgr)
         tiles = plan_tiles(width, height, *self.tile_size, overlap=self.overlap)
-        found: list[Detection] = []
+        found: list[FrameDetection] = []
         if self.whole_frame and len(tiles) > 1:
             found.extend(self.detector.detect(frame_bgr))
         for tile in tiles:
@@ -144,6 +146,6 @@ class TilingDetector:
                     (tile.x0 + x2 * tw) / width,
                     (tile.y0 + y2 * th) / height,
                 )
-                found.append(Detection(det.label, det.score, box))
+                found.append(FrameDetection(det.label, det.score, box))
         self.last_tiles = len(tiles) + (1 if self.whole_frame and len(tiles) > 1 else 0)
         return merge_detections(found, self.merge_threshold)

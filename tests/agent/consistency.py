@@ -5,9 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from agent.detect.detector import Detection
+from agent.detect.detector import FrameDetection
 from agent.detect.nms import iou_matrix
-from controller.sample_video import Placement, astronaut_frame, render_placement
+from controller.demo.sample_video import Placement, astronaut_frame, render_placement
 
 FRAME_SIZE = (640, 480)
 MIN_IOU = 0.9
@@ -37,7 +37,7 @@ def photo_frames() -> dict[str, np.ndarray]:
 PHOTOS = photo_frames()
 
 
-def assert_paired(a: list[Detection], b: list[Detection], *, floor: float = 0.0) -> int:
+def assert_paired(a: list[FrameDetection], b: list[FrameDetection], *, floor: float = 0.0) -> int:
     """Every detection of one list scoring at least `floor` has a partner of its label in the
     other (IoU ≥ MIN_IOU, score within MAX_SCORE_GAP); returns how many were paired."""
     paired = 0

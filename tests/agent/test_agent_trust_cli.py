@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from agent.cli import main as agent_main
-from controller.cli import main as edgefleet
+from controller.cli.main import main as edgefleet
 from ota.trust import TrustStore
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.camera import CameraCounters, FrameGrabber
+from agent.pipeline.sources import CameraCounters, FrameGrabber
 from agent.settings import CameraSettings
-from controller.sample_video import write_sample_video
+from controller.demo.sample_video import write_sample_video
 from tests.agent.rtsp_relay import RtspRelay, start_publisher
 
 # CI runs scripts/system-packages.sh first, which installs ffmpeg: missing it is a failure.

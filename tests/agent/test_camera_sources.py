@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.camera import (
+from agent.pipeline.sources import (
     CameraCounters,
     CameraSourceError,
     FrameGrabber,
@@ -22,7 +22,7 @@ from agent.camera import (
     source_kind,
 )
 from agent.settings import CameraSettings
-from controller.sample_video import write_sample_video
+from controller.demo.sample_video import write_sample_video
 
 ORANGE_BGR = (0, 128, 255)
 

@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.config_overlay import OVERLAY_FILE, ConfigRejected, merge_patch, settings_with_overlay
 from agent.daemon import Agent
 from agent.settings import AgentSettings
-from controller.sample_video import write_sample_video
+from controller.demo.sample_video import write_sample_video
 from protocol.codec import decode, encode
 from protocol.messages import Ack, Health, RestartPipeline, SetConfig, State
 from protocol.topics import Topics

@@ -8,11 +8,11 @@ import tarfile
 
 import pytest
 
-from agent.deployer import Deployer
-from agent.loader import ModelLoadFailed, load_model
-from agent.probation import ModelHealth
+from agent.deploy.deployer import DeviceDeployer
+from agent.deploy.loader import ModelLoadFailed, load_model
+from agent.deploy.probation import ModelHealth
 from agent.runtimes.base import probe_runtime
-from ota.install import BundleStore
+from ota.install import SlotStore
 from protocol.codec import Chunk
 from protocol.messages import BundleOffer, Deploy
 
@@ -42,8 +42,8 @@ class Recorder:
 def _deployer(tmp_path, trust, rec, **kw):
     trust_file = tmp_path / "trust.json"
     trust.save(trust_file)
-    return Deployer(
-        store=BundleStore(tmp_path / "store"),
+    return DeviceDeployer(
+        store=SlotStore(tmp_path / "store"),
         downloads=tmp_path / "downloads",
         trust_file=trust_file,
         subscribe=rec.subscribed.add,
@@ -161,7 +161,7 @@ def test_lost_chunks_are_requested_again_and_only_those(tmp_path, trust, build_b
 
 def test_loader_picks_litert_and_says_why_others_were_passed_over(tmp_path, trust, build_blazeface):
     built = build_blazeface(version=1)
-    store = BundleStore(tmp_path / "store")
+    store = SlotStore(tmp_path / "store")
     installed = store.install(built.path, trust, built.manifest.created)
     probes = [probe_runtime("litert")]
     model = load_model(installed, probes, ("onnx", "litert"))
@@ -261,7 +261,7 @@ def test_restarts_during_probation_count_attempts_and_revert_after_the_max(
 ):
     rec = Recorder()
     _, _, first, second = _on_probation(tmp_path, trust, build_blazeface, rec)
-    # each new Deployer is an agent start on the same disk; the first start was the install
+    # each new DeviceDeployer is an agent start on the same disk; the first start was the install
     for attempt in (2, 3):
         rec.events.clear()
         _deployer(tmp_path, trust, rec, probation_s=30.0).restore()

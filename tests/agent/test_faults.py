@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from agent.faults import FaultSpecError, KillAt, fault_point_from_env, no_fault
+from agent.deploy.faults import FaultSpecError, KillAt, fault_point_from_env, no_fault
 
 
 def test_unset_or_empty_variable_gives_the_no_op_fault_point():
@@ -33,7 +33,7 @@ def test_a_bad_spec_is_refused(spec):
 def test_the_process_is_killed_at_the_counted_pass_of_its_stage_only():
     script = (
         "import sys\n"
-        "from agent.faults import fault_point_from_env\n"
+        "from agent.deploy.faults import fault_point_from_env\n"
         "point = fault_point_from_env()\n"
         "for stage in ['download', 'unpack', 'download', 'switch']:\n"
         "    print(stage, flush=True)\n"

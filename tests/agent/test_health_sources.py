@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.health import SystemHealth
-from agent.health_sources import (
+from agent.health.sources import (
     DeviceHealth,
     HealthSourceError,
     decode_throttled,
@@ -18,6 +17,7 @@ from agent.health_sources import (
     parse_throttled,
     with_device_health,
 )
+from agent.health.system import SystemHealth
 from protocol.codec import decode, encode
 from protocol.messages import Health
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.deployer import Deployer
-from agent.http_download import HttpDownloads
+from agent.deploy.deployer import DeviceDeployer
+from agent.deploy.http_download import HttpDownloads
 from ota.http_fetch import RetryPolicy
-from ota.install import BundleStore
+from ota.install import SlotStore
 from protocol.messages import BundleOffer, Deploy
 
 
@@ -74,10 +74,10 @@ def _offer(built, url: str) -> Deploy:
     )
 
 
-def _deployer(tmp_path: Path, trust, events: list, activated: list) -> Deployer:
+def _deployer(tmp_path: Path, trust, events: list, activated: list) -> DeviceDeployer:
     trust.save(tmp_path / "trust.json")
-    return Deployer(
-        store=BundleStore(tmp_path / "store"),
+    return DeviceDeployer(
+        store=SlotStore(tmp_path / "store"),
         downloads=tmp_path / "downloads",
         trust_file=tmp_path / "trust.json",
         subscribe=lambda digest: events.append(("subscribed", {"bundle": digest})),

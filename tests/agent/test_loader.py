@@ -7,14 +7,14 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
+from agent.deploy.loader import load_model
 from agent.detect.nms import iou_matrix
-from agent.loader import load_model
 from agent.runtimes.base import probe_runtime
-from controller.recipes import example_spec
-from controller.sample_video import astronaut_frame
+from controller.demo.sample_video import astronaut_frame
+from controller.release.recipes import example_spec
 from device_profiles.schema import RuntimePreference
 from ota.build import build_bundle
-from ota.install import BundleStore
+from ota.install import SlotStore
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def centerface_installed(tmp_path_factory, release_key, trust):
     built = build_bundle(
         spec, folder, [release_key], folder / "centerface.bundle", datetime.now(timezone.utc)
     )
-    store = BundleStore(folder / "store")
+    store = SlotStore(folder / "store")
     return store.install(built.path, trust, built.manifest.created)
 
 

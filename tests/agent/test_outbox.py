@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.outbox import Outbox, OutboxPump, OutboxSettings
+from agent.link.outbox import Outbox, OutboxPump, OutboxSettings
 
 
 def test_messages_come_back_oldest_first_and_leave_only_when_deleted(tmp_path):
@@ -74,7 +74,7 @@ def test_depth_dropped_and_journal_survive_a_restart(tmp_path):
 
 _WRITER = """
 import sys
-from agent.outbox import Outbox
+from agent.link.outbox import Outbox
 box = Outbox(sys.argv[1])
 i = 0
 while True:

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from agent.detect.detector import Detector
-from agent.motion import MotionSettings
-from agent.pipeline import ActiveModel, Pipeline
+from agent.pipeline.motion import MotionSettings
+from agent.pipeline.tracker import TrackerSettings, TrackEvent, iou
+from agent.pipeline.workers import ActiveModel, Pipeline
 from agent.runtimes.litert import LiteRTRuntime
 from agent.settings import CameraSettings
-from agent.tracker import TrackerSettings, TrackEvent, iou
-from controller.sample_video import SampleVideo, write_sample_video
+from controller.demo.sample_video import SampleVideo, write_sample_video
 from ota.manifest import InputSpec, PostprocessSpec
 
 FPS = 10

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
-from agent.pipeline import Pipeline
+from agent.pipeline.workers import Pipeline
 from agent.settings import CameraSettings
-from controller.sample_video import Placement, write_sample_video
+from controller.demo.sample_video import Placement, write_sample_video
 from tests.agent.test_pipeline import blazeface
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.probation import CountingDetector, ModelHealth, Probation
+from agent.deploy.probation import CountingDetector, ModelHealth, Probation
 from ota.install import InstalledBundle
 
 DIGEST = "ab" * 32

@@ -14,16 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.loader import ModelLoadFailed, choose_runtime
+from agent.deploy.loader import ModelLoadFailed, choose_runtime
 from agent.runtimes.base import RuntimeProbe
 from agent.runtimes.edgetpu import EdgeTPUEnvironment, probe_environment
-from device_profiles import (
-    HardwareFacts,
-    RuntimePreference,
-    detect_profile,
-    effective_runtimes,
-    load_profiles,
-)
+from device_profiles.loader import load_profiles
+from device_profiles.probe import HardwareFacts, detect_profile, effective_runtimes
+from device_profiles.schema import RuntimePreference
 from ota.manifest import FileEntry, InputSpec, Manifest, PostprocessSpec, Variant
 
 PROFILES = load_profiles()

@@ -8,8 +8,8 @@ import cv2
 import httpx
 import numpy as np
 
-from agent.snapshot_delivery import SnapshotDelivery
-from agent.snapshot_keeper import SnapshotKeeper
+from agent.link.snapshots import SnapshotDelivery
+from agent.pipeline.snapshots import SnapshotKeeper
 from protocol.codec import decode_snapshot_chunk
 from protocol.messages import Snapshot
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.snapshot_keeper import SnapshotKeeper, SnapshotSettings
-from agent.tracker import IouTracker, Observation, TrackerSettings
+from agent.pipeline.snapshots import SnapshotKeeper, SnapshotSettings
+from agent.pipeline.tracker import IouTracker, Observation, TrackerSettings
 
 
 def frame(value: int, shape: tuple[int, int] = (48, 64)) -> np.ndarray:

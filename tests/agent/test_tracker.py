@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from agent.filters import DetectionFilter, FilterSettings, inside
-from agent.motion import MotionGate, MotionSettings
-from agent.tracker import IouTracker, Observation, TrackerSettings, iou
+from agent.pipeline.filters import DetectionFilter, FilterSettings, inside
+from agent.pipeline.motion import MotionGate, MotionSettings
+from agent.pipeline.tracker import IouTracker, Observation, TrackerSettings, iou
 
 FACE = Observation("face", 0.8, (0.4, 0.2, 0.6, 0.5))
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.trust_update import apply_trust_update
-from controller.cli import main as edgefleet
+from agent.deploy.trust_update import apply_trust_update
+from controller.cli.main import main as edgefleet
 from protocol.codec import decode_command, encode
 from protocol.errors import ProtocolError
 from protocol.messages import TrustUpdate

@@ -6,10 +6,13 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from controller.api import ApiContext, create_app
+from controller.api.app import ApiContext, create_app
+from controller.bundles.chunks import ChunkServer
+from controller.bundles.repository import BundleRepository, release_verifier
 from controller.db import make_engine, session_factory, upgrade_database
-from controller.deploy import BundleStore, ChunkServer, Deployer, Publisher, release_verifier
-from controller.ingest import IngestStats
+from controller.fleet.deployments import DeploymentService
+from controller.mqtt.ingest import IngestStats
+from controller.mqtt.session import Publisher
 from controller.settings import MqttSettings
 from ota.keys import SigningKey
 from protocol.messages import Box, CameraHealth, Detection, DetectionBatch, Event, Health
@@ -152,10 +155,10 @@ def test_app_from_parts_without_trust_store_or_broker(tmp_path, db_url, make_bun
     engine = make_engine(db_url)
     sessions = session_factory(engine)
     verify = release_verifier(tmp_path / "absent.json", 1 << 20)
-    store = BundleStore(tmp_path / "bundles", sessions, verify, 4096)
+    store = BundleRepository(tmp_path / "bundles", sessions, verify, 4096)
     publisher = Publisher(MqttSettings(port=1), 2, "unused")  # never started
     topics = Topics()
-    deployer = Deployer(
+    deployer = DeploymentService(
         sessions, store, publisher, ChunkServer(publisher, store, topics, 0), topics
     )
     ctx = ApiContext(sessions, store, deployer, IngestStats(), 100_000, mqtt_ready=lambda: False)

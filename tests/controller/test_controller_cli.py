@@ -13,8 +13,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from controller.broker import free_port
-from controller.cli import main
+from controller.cli.main import main
+from controller.demo.broker import free_port
 from controller.settings import ControllerSettings, load_settings
 from protocol.messages import Box, Detection, DetectionBatch, Event
 from tests.controller.fleet import FakeAgent, wait_until
@@ -109,7 +109,7 @@ def test_controller_run_serves_until_sigterm(tmp_path, mosquitto, db_url):
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "controller", "run", "--config", str(config)],
+        [sys.executable, "-m", "controller.cli.main", "controller", "run", "--config", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,

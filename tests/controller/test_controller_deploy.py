@@ -10,9 +10,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from controller.bundles.repository import UnknownBundle
 from controller.db import Device
-from controller.deploy import UnknownBundle, UnknownDevice
-from controller.mqtt_session import Publisher
+from controller.fleet.deployments import UnknownDevice
+from controller.mqtt.session import Publisher
 from controller.server import Controller
 from controller.settings import MqttSettings
 from protocol.messages import Ack, Deploy, Event

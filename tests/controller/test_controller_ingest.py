@@ -19,7 +19,7 @@ from controller.db import (
     session_factory,
     upgrade_database,
 )
-from controller.ingest import Ingest
+from controller.mqtt.ingest import Ingest
 from controller.settings import IngestSettings, MqttSettings
 from protocol.codec import encode
 from protocol.messages import (
@@ -221,7 +221,7 @@ def test_garbage_on_every_channel_is_counted_and_good_messages_still_stored(
 ):
     ingest = start_ingest()
     prefix = agent.topics.prefix
-    with caplog.at_level(logging.WARNING, logger="controller.ingest"):
+    with caplog.at_level(logging.WARNING, logger="controller.mqtt.ingest"):
         for channel, valid in _valid_payloads("cam-a").items():
             topic = f"{prefix}/dev/cam-a/{channel}"
             text = json.dumps(valid)

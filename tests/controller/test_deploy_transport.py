@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from controller.deploy import HttpTransportUnavailable
+from controller.fleet.deployments import HttpTransportUnavailable
 from controller.settings import ControllerSettings, HttpSettings
 from ota.http_fetch import Wanted, fetch_bundle, part_path
 from protocol.messages import Deploy

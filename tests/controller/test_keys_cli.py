@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import main
+from controller.cli.main import main
 from ota.errors import BundleRefused, RefusalReason, RootRefused
 from ota.keys import SigningKey
 from ota.root import parse_root

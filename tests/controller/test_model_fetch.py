@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.model_fetch import (
+from controller.release.models import (
     CACHE_ENV,
     PINNED_MODELS,
     ModelDigestError,

@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from controller.cli import main
-from controller.recipes import SPECS_DIR
+from controller.cli.main import main
+from controller.release.recipes import SPECS_DIR
 from ota.errors import BundleRefused, RefusalReason
 from ota.trust import TrustStore
 from ota.verify import verify_bundle

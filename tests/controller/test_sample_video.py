@@ -7,7 +7,7 @@ import pytest
 from agent.detect.detector import Detector
 from agent.detect.nms import iou_matrix
 from agent.runtimes.litert import LiteRTRuntime
-from controller.sample_video import (
+from controller.demo.sample_video import (
     ASTRONAUT_FACE_BOX_PX,
     DEFAULT_SCENES,
     Placement,

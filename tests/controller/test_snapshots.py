@@ -10,7 +10,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from controller.db import Device, make_engine, session_factory, upgrade_database
-from controller.snapshots import SnapshotRefused, SnapshotRequests, SnapshotStore, snapshot_router
+from controller.fleet.snapshots import (
+    SnapshotRefused,
+    SnapshotRequests,
+    SnapshotStore,
+    snapshot_router,
+)
 from protocol.codec import decode_command
 from protocol.messages import Snapshot
 from protocol.topics import Topics

@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from agent.runtimes.litert import LiteRTRuntime
 from agent.runtimes.openvino import OpenVINORuntime
-from controller.recipes import resolve_spec
-from controller.variants import (
+from controller.release.recipes import resolve_spec
+from controller.release.variants import (
     GenerateSpec,
     VariantGenerationError,
     convert_to_openvino,
@@ -60,7 +60,7 @@ def test_tflite_becomes_an_ir_pair_that_computes_what_the_source_computes(
 
 
 def test_fp16_compression_halves_fp32_weights(tmp_path):
-    from controller.model_fetch import fetch_model
+    from controller.release.models import fetch_model
 
     # CenterFace stores fp32 weights (BlazeFace's .tflite already holds fp16 ones)
     sizes = {
@@ -87,7 +87,7 @@ def test_the_same_conversion_is_served_from_the_cache(blazeface_model, converted
 
 
 def test_onnx_is_converted_for_the_bundle_input_size(tmp_path):
-    from controller.model_fetch import fetch_model
+    from controller.release.models import fetch_model
 
     model = convert_to_openvino(
         fetch_model("centerface"), tmp_path, precision="fp16", input_shape=(1, 3, 96, 128)

@@ -4,14 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from device_profiles import (
-    DeviceProfile,
-    ProfileFileError,
-    UnknownProfileError,
-    get_profile,
-    load_profiles,
-)
-from device_profiles.loader import PACKAGE_DIR
+from device_profiles.errors import ProfileFileError, UnknownProfileError
+from device_profiles.loader import PACKAGE_DIR, get_profile, load_profiles
+from device_profiles.schema import DeviceProfile
 
 EXPECTED = {
     "jetson-nano",

@@ -4,16 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from device_profiles import (
-    NoProfileMatchedError,
-    UnknownProfileError,
+from device_profiles.errors import NoProfileMatchedError, UnknownProfileError
+from device_profiles.loader import load_profiles
+from device_profiles.probe import (
+    HardwareFacts,
+    ProfileMatch,
     detect,
     detect_profile,
     effective_runtimes,
-    load_profiles,
     probe_hardware,
 )
-from device_profiles.probe import Detection, HardwareFacts
 from device_profiles.schema import DeviceProfile
 from tests.device_profiles import fixtures as fx
 
@@ -23,11 +23,11 @@ def profiles() -> dict[str, DeviceProfile]:
     return load_profiles()
 
 
-def detect_at(root: Path, arch: str, profiles, forced: str | None = None) -> Detection:
+def detect_at(root: Path, arch: str, profiles, forced: str | None = None) -> ProfileMatch:
     return detect_profile(probe_hardware(root, arch=arch), profiles, forced)
 
 
-def runtimes(detection: Detection) -> list[tuple[str, str | None]]:
+def runtimes(detection: ProfileMatch) -> list[tuple[str, str | None]]:
     return [(p.runtime, p.device) for p in effective_runtimes(detection)]
 
 

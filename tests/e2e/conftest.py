@@ -19,11 +19,11 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.demo import spawn_agent, stop_agent
-from controller.sample_video import Placement, write_sample_video
+from controller.demo.run import spawn_agent, stop_agent
+from controller.demo.sample_video import Placement, write_sample_video
 from controller.server import Controller
 from controller.settings import ControllerSettings, HttpSettings, MqttSettings
-from ota.install import BundleStore, InstalledBundle
+from ota.install import InstalledBundle, SlotStore
 from ota.trust import TrustStore
 from protocol.codec import decode_agent_message
 from protocol.messages import DetectionBatch, Event, Health, State
@@ -171,8 +171,8 @@ class KillFleet:
         return path
 
     @property
-    def store(self) -> BundleStore:
-        return BundleStore(self.agent_dir / "bundles")
+    def store(self) -> SlotStore:
+        return SlotStore(self.agent_dir / "bundles")
 
     def preinstall(self, bundle_path: Path) -> InstalledBundle:
         """Install and commit a bundle before the agent first starts (as `bundle install`)."""

@@ -13,8 +13,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.demo import spawn_agent, stop_agent, write_agent_config
-from controller.sample_video import Placement, astronaut_frame, write_sample_video
+from controller.demo.run import spawn_agent, stop_agent, write_agent_config
+from controller.demo.sample_video import Placement, astronaut_frame, write_sample_video
 from controller.server import Controller
 from controller.settings import ControllerSettings, HttpSettings, MqttSettings
 from ota.keys import SigningKey

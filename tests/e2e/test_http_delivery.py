@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.deploy import HttpTransportUnavailable
+from controller.fleet.deployments import HttpTransportUnavailable
 from tests.e2e.conftest import FLEET_DEVICE, poll
 
 pytestmark = pytest.mark.e2e

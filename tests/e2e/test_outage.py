@@ -14,13 +14,13 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from agent.outbox import Outbox, OutboxSettings
+from agent.link.outbox import Outbox, OutboxSettings
 from controller.db import DetectionRow, EventRow
-from controller.demo import spawn_agent
-from controller.sample_video import Placement, write_sample_video
+from controller.demo.run import spawn_agent
+from controller.demo.sample_video import Placement, write_sample_video
 from controller.server import Controller
 from controller.settings import ControllerSettings, HttpSettings, MqttSettings
-from ota.install import BundleStore
+from ota.install import SlotStore
 
 pytestmark = pytest.mark.e2e
 
@@ -69,7 +69,7 @@ def test_outage_and_sigkill_lose_nothing_and_duplicate_nothing(
     agent_dir = tmp_path / "agent"
     agent_dir.mkdir()
     trust.save(agent_dir / "trust.json")
-    BundleStore(agent_dir / "bundles").install(
+    SlotStore(agent_dir / "bundles").install(
         build_blazeface(version=1).path, trust, datetime.now(timezone.utc)
     )
     # a face appears and goes every 2 s: a start and an end event per cycle

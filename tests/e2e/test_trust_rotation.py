@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.cli import main as edgefleet
-from controller.demo import spawn_agent, stop_agent, write_agent_config
+from controller.cli.main import main as edgefleet
+from controller.demo.run import spawn_agent, stop_agent, write_agent_config
 from controller.server import Controller
 from controller.settings import ControllerSettings, HttpSettings, MqttSettings
 from ota.build import BundleSpec, VariantSource, build_bundle

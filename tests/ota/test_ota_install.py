@@ -8,7 +8,7 @@ import pytest
 
 from ota.build import BundleSpec, build_bundle
 from ota.errors import BundleRefused, RefusalReason
-from ota.install import BundleStore, Pointer, StoreCorrupt
+from ota.install import Pointer, SlotStore, StoreCorrupt
 from ota.keys import SigningKey
 from ota.trust import TrustStore
 from tests.ota.ota_forge import NOW, file_members, forge, head, manifest_for, write_tar
@@ -16,7 +16,7 @@ from tests.ota.ota_forge import NOW, file_members, forge, head, manifest_for, wr
 LABELS = "shared/labels.txt"
 
 
-def pointer_of(store: BundleStore) -> Pointer:
+def pointer_of(store: SlotStore) -> Pointer:
     pointer = store.pointer()
     assert pointer is not None
     return pointer
@@ -36,7 +36,7 @@ def test_build_verify_install_round_trip(
 ) -> None:
     spec = BundleSpec.from_yaml(spec_dir / "bundle.yaml")
     built = build_bundle(spec, spec_dir, [key], tmp_path / "face.bundle", NOW)
-    store = BundleStore(tmp_path / "store")
+    store = SlotStore(tmp_path / "store")
 
     installed = store.install(built.path, trust, NOW, profile="rpi5")
 
@@ -60,7 +60,7 @@ def test_build_verify_install_round_trip(
 
 
 def test_empty_store_has_no_current_bundle(tmp_path: Path) -> None:
-    store = BundleStore(tmp_path / "store")
+    store = SlotStore(tmp_path / "store")
 
     assert store.current() is None
     assert store.installed_version("face") is None
@@ -70,7 +70,7 @@ def test_empty_store_has_no_current_bundle(tmp_path: Path) -> None:
 def test_installs_alternate_slots_and_raise_the_floor(
     files: dict[str, bytes], key: SigningKey, trust: TrustStore, tmp_path: Path
 ) -> None:
-    store = BundleStore(tmp_path / "store")
+    store = SlotStore(tmp_path / "store")
 
     first = store.install(bundle_v(tmp_path, key, files, 3), trust, NOW)
     store.commit(first.digest)
@@ -89,7 +89,7 @@ def test_digest_is_of_the_whole_file(
 ) -> None:
     bundle = bundle_v(tmp_path, key, files, 3)
 
-    installed = BundleStore(tmp_path / "store").install(bundle, trust, NOW)
+    installed = SlotStore(tmp_path / "store").install(bundle, trust, NOW)
 
     assert installed.digest == hashlib.sha256(bundle.read_bytes()).hexdigest()
 
@@ -97,7 +97,7 @@ def test_digest_is_of_the_whole_file(
 def test_refused_install_keeps_current_and_leaves_target_slot_empty(
     files: dict[str, bytes], key: SigningKey, trust: TrustStore, tmp_path: Path
 ) -> None:
-    store = BundleStore(tmp_path / "store")
+    store = SlotStore(tmp_path / "store")
     good = store.install(bundle_v(tmp_path, key, files, 3), trust, NOW)
     current_files = tree(good.slot_dir)
     raw = manifest_for(files, version=4).canonical_bytes()
@@ -117,7 +117,7 @@ def test_refused_install_keeps_current_and_leaves_target_slot_empty(
 def test_older_version_is_refused_as_rollback(
     files: dict[str, bytes], key: SigningKey, trust: TrustStore, tmp_path: Path
 ) -> None:
-    store = BundleStore(tmp_path / "store")
+    store = SlotStore(tmp_path / "store")
     store.install(bundle_v(tmp_path, key, files, 5), trust, NOW)
 
     with pytest.raises(BundleRefused) as caught:
@@ -133,7 +133,7 @@ def test_incompatible_profile_is_refused_at_install(
 ) -> None:
     manifest = manifest_for(files, profiles=["rpi5"])
     bundle = forge(tmp_path / "b.tar", files, [key], manifest=manifest)
-    store = BundleStore(tmp_path / "store")
+    store = SlotStore(tmp_path / "store")
 
     with pytest.raises(BundleRefused) as caught:
         store.install(bundle, trust, NOW, profile="jetson-orin")
@@ -145,7 +145,7 @@ def test_incompatible_profile_is_refused_at_install(
 def test_rollback_switches_to_the_previous_install_and_back(
     files: dict[str, bytes], key: SigningKey, trust: TrustStore, tmp_path: Path
 ) -> None:
-    store = BundleStore(tmp_path / "store")
+    store = SlotStore(tmp_path / "store")
     old = store.install(bundle_v(tmp_path, key, files, 3), trust, NOW)
     store.commit(old.digest)
     new = store.install(bundle_v(tmp_path, key, files, 4), trust, NOW)
@@ -160,7 +160,7 @@ def test_rollback_switches_to_the_previous_install_and_back(
 def test_rollback_refuses_a_previous_slot_whose_files_changed(
     files: dict[str, bytes], key: SigningKey, trust: TrustStore, tmp_path: Path
 ) -> None:
-    store = BundleStore(tmp_path / "store")
+    store = SlotStore(tmp_path / "store")
     old = store.install(bundle_v(tmp_path, key, files, 3), trust, NOW)
     store.commit(old.digest)
     new = store.install(bundle_v(tmp_path, key, files, 4), trust, NOW)
@@ -173,7 +173,7 @@ def test_rollback_refuses_a_previous_slot_whose_files_changed(
 def test_rollback_with_only_one_install_does_nothing(
     files: dict[str, bytes], key: SigningKey, trust: TrustStore, tmp_path: Path
 ) -> None:
-    store = BundleStore(tmp_path / "store")
+    store = SlotStore(tmp_path / "store")
     only = store.install(bundle_v(tmp_path, key, files, 3), trust, NOW)
 
     assert store.rollback() is None
@@ -183,7 +183,7 @@ def test_rollback_with_only_one_install_does_nothing(
 def test_pointer_to_a_wiped_slot_is_reported_corrupt(
     files: dict[str, bytes], key: SigningKey, trust: TrustStore, tmp_path: Path
 ) -> None:
-    store = BundleStore(tmp_path / "store")
+    store = SlotStore(tmp_path / "store")
     installed = store.install(bundle_v(tmp_path, key, files, 3), trust, NOW)
     (installed.slot_dir / "install.json").unlink()
 
@@ -194,11 +194,9 @@ def test_pointer_to_a_wiped_slot_is_reported_corrupt(
 def test_store_reopened_from_disk_sees_the_same_state(
     files: dict[str, bytes], key: SigningKey, trust: TrustStore, tmp_path: Path
 ) -> None:
-    installed = BundleStore(tmp_path / "store").install(
-        bundle_v(tmp_path, key, files, 3), trust, NOW
-    )
+    installed = SlotStore(tmp_path / "store").install(bundle_v(tmp_path, key, files, 3), trust, NOW)
 
-    reopened = BundleStore(tmp_path / "store")
+    reopened = SlotStore(tmp_path / "store")
 
     assert reopened.current() == installed
     assert reopened.installed_version("face") == 3
@@ -209,13 +207,13 @@ def test_store_reopened_from_disk_sees_the_same_state(
 def test_a_fresh_install_is_on_probation_until_committed(
     files: dict[str, bytes], key: SigningKey, trust: TrustStore, tmp_path: Path
 ) -> None:
-    store = BundleStore(tmp_path / "store")
+    store = SlotStore(tmp_path / "store")
     installed = store.install(bundle_v(tmp_path, key, files, 3), trust, NOW)
 
     assert pointer_of(store).state == "probation"
     assert [store.begin_attempt(), store.begin_attempt()] == [1, 2]
     # the count survives a reopen: it is what a crash loop is judged by
-    assert pointer_of(BundleStore(tmp_path / "store")).attempts == 2
+    assert pointer_of(SlotStore(tmp_path / "store")).attempts == 2
     store.commit(installed.digest)
     assert pointer_of(store).state == "committed"
     with pytest.raises(StoreCorrupt):
@@ -227,7 +225,7 @@ def test_a_fresh_install_is_on_probation_until_committed(
 def test_a_pointer_written_before_probation_existed_reads_as_committed(
     files: dict[str, bytes], key: SigningKey, trust: TrustStore, tmp_path: Path
 ) -> None:
-    store = BundleStore(tmp_path / "store")
+    store = SlotStore(tmp_path / "store")
     installed = store.install(bundle_v(tmp_path, key, files, 3), trust, NOW)
     old_style = {"slot": "a", "digest": installed.digest, "name": "face", "version": 3}
     (tmp_path / "store" / "current").write_text(json.dumps(old_style))
@@ -239,7 +237,7 @@ def test_a_pointer_written_before_probation_existed_reads_as_committed(
 def test_an_install_during_probation_keeps_the_committed_fallback(
     files: dict[str, bytes], key: SigningKey, trust: TrustStore, tmp_path: Path
 ) -> None:
-    store = BundleStore(tmp_path / "store")
+    store = SlotStore(tmp_path / "store")
     good = store.install(bundle_v(tmp_path, key, files, 3), trust, NOW)
     store.commit(good.digest)
     trial = store.install(bundle_v(tmp_path, key, files, 4), trust, NOW)
@@ -258,7 +256,7 @@ def test_an_install_during_probation_keeps_the_committed_fallback(
 def test_stage_hook_sees_each_file_then_the_switch_before_the_pointer_moves(
     files: dict[str, bytes], key: SigningKey, trust: TrustStore, tmp_path: Path
 ) -> None:
-    store = BundleStore(tmp_path / "store")
+    store = SlotStore(tmp_path / "store")
     seen: list[tuple[str, object]] = []
 
     def hook(stage: str) -> None:
@@ -274,7 +272,7 @@ def test_stage_hook_sees_each_file_then_the_switch_before_the_pointer_moves(
 def test_rollback_from_probation_lands_committed_and_clear_forgets_the_pointer(
     files: dict[str, bytes], key: SigningKey, trust: TrustStore, tmp_path: Path
 ) -> None:
-    store = BundleStore(tmp_path / "store")
+    store = SlotStore(tmp_path / "store")
     old = store.install(bundle_v(tmp_path, key, files, 3), trust, NOW)
     store.commit(old.digest)
     store.install(bundle_v(tmp_path, key, files, 4), trust, NOW)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ota.errors import BundleRefused, RefusalReason
-from ota.install import BundleStore
+from ota.install import SlotStore
 from ota.keys import SigningKey
 from ota.trust import TrustStore
 from ota.verify import verify_bundle
@@ -46,7 +46,7 @@ def test_a_bundle_changed_on_disk_after_verification_does_not_reach_the_slot(
     data[data.find(model) + 100] ^= 0xFF  # changed after that check
     path.write_bytes(bytes(data))
 
-    store = BundleStore(tmp_path / "store")
+    store = SlotStore(tmp_path / "store")
     with pytest.raises(BundleRefused) as refused:
         store.install(path, trust, NOW)
     assert refused.value.reason is RefusalReason.HASH_MISMATCH
@@ -57,7 +57,7 @@ def test_the_installed_copy_is_the_verified_one_whatever_happens_to_the_file_lat
     tmp_path: Path, key: SigningKey, trust: TrustStore, files: dict[str, bytes]
 ) -> None:
     path = forge(tmp_path / "b.bundle", files, [key])
-    store = BundleStore(tmp_path / "store")
+    store = SlotStore(tmp_path / "store")
     installed = store.install(path, trust, NOW)
     path.write_bytes(b"\0" * path.stat().st_size)  # the download is gone or overwritten
     for entry in installed.manifest.all_files().values():

@@ -11,8 +11,8 @@ from agent.detect.decoding import DecodeError, UnsupportedPostprocessError, buil
 from agent.detect.detector import Detector
 from agent.detect.nms import iou_matrix
 from agent.runtimes.base import Runtime, RuntimeProbe, TensorDetails
-from controller.model_fetch import fetch_model
-from controller.sample_video import Placement, astronaut_frame, render_placement
+from controller.demo.sample_video import Placement, astronaut_frame, render_placement
+from controller.release.models import fetch_model
 from ota.manifest import InputSpec, PostprocessSpec
 
 CENTERFACE_INPUT = InputSpec(

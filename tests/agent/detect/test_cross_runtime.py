@@ -19,8 +19,8 @@ from agent.runtimes.base import Runtime
 from agent.runtimes.litert import LiteRTRuntime
 from agent.runtimes.onnx import OnnxRuntime
 from agent.runtimes.opencv import OpenCVRuntime
-from controller.recipes import example_spec
-from controller.sample_video import astronaut_frame
+from controller.demo.sample_video import astronaut_frame
+from controller.release.recipes import example_spec
 from ota.build import BundleSpec
 from tests.agent.consistency import (
     CANDIDATE_THRESHOLD,

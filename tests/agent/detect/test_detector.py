@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.detect.detector import Detection, Detector, DetectorConfigError
+from agent.detect.detector import Detector, DetectorConfigError, FrameDetection
 from agent.detect.nms import iou_matrix
 from agent.detect.preprocess import PreprocessError
 from agent.runtimes.base import Runtime, RuntimeProbe, TensorDetails
-from controller.sample_video import Placement, astronaut_frame, render_placement
+from controller.demo.sample_video import Placement, astronaut_frame, render_placement
 from ota.manifest import InputSpec, PostprocessSpec
 
 
@@ -175,7 +175,7 @@ def test_class_without_a_label_gets_a_numbered_name(blazeface_input, blazeface_p
 
 
 def test_detection_is_a_plain_value():
-    detection = Detection(label="face", score=0.9, box=(0.1, 0.2, 0.3, 0.4))
-    assert detection == Detection("face", 0.9, (0.1, 0.2, 0.3, 0.4))
+    detection = FrameDetection(label="face", score=0.9, box=(0.1, 0.2, 0.3, 0.4))
+    assert detection == FrameDetection("face", 0.9, (0.1, 0.2, 0.3, 0.4))
     with pytest.raises(AttributeError):
         detection.score = 1.0  # type: ignore[misc]

@@ -16,8 +16,8 @@ from agent.detect.nms import iou_matrix
 from agent.detect.preprocess import letterbox
 from agent.detect.ssd import SSDDecoder
 from agent.runtimes.openvino import OpenVINORuntime
-from controller.model_fetch import fetch_model
-from controller.recipes import example_spec
+from controller.release.models import fetch_model
+from controller.release.recipes import example_spec
 
 # Where the astronaut is in skimage.data.astronaut() (512x512), read off the photo: the top of
 # her hair is at y ≈ 14 px, her shoulders span x ≈ 20..365 px and her body runs past the bottom

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.detect.detector import Detection
+from agent.detect.detector import FrameDetection
 from agent.detect.nms import iou_matrix
 from agent.detect.tiling import TilingDetector, merge_detections, plan_tiles
-from controller.sample_video import Placement, render_placement
+from controller.demo.sample_video import Placement, render_placement
 
 UHD = (3840, 2160)
 
@@ -43,11 +43,11 @@ def test_a_frame_smaller_than_a_tile_is_one_tile():
 
 
 def test_merge_keeps_one_box_per_object_and_label():
-    face = Detection("face", 0.9, (0.10, 0.10, 0.20, 0.20))
+    face = FrameDetection("face", 0.9, (0.10, 0.10, 0.20, 0.20))
     # the same face cut by a tile edge: a lower-scoring box lying inside the full one
-    cut = Detection("face", 0.7, (0.10, 0.10, 0.15, 0.20))
-    other = Detection("face", 0.6, (0.50, 0.50, 0.60, 0.60))
-    person = Detection("person", 0.8, (0.09, 0.09, 0.21, 0.21))
+    cut = FrameDetection("face", 0.7, (0.10, 0.10, 0.15, 0.20))
+    other = FrameDetection("face", 0.6, (0.50, 0.50, 0.60, 0.60))
+    person = FrameDetection("person", 0.8, (0.09, 0.09, 0.21, 0.21))
     merged = merge_detections([cut, other, face, person])
     assert merged == [face, person, other]
 

@@ -24,10 +24,10 @@ from agent.runtimes.base import (
 from agent.runtimes.litert import LiteRTRuntime
 from agent.runtimes.onnx import OnnxRuntime
 from agent.runtimes.openvino import OpenVINORuntime, myriad_note, release
-from controller.model_fetch import default_cache_dir
-from controller.recipes import VARIANT_CACHE, example_spec
-from controller.sample_video import astronaut_frame
-from controller.variants import batch_shape, convert_to_openvino
+from controller.demo.sample_video import astronaut_frame
+from controller.release.models import default_cache_dir
+from controller.release.recipes import VARIANT_CACHE, example_spec
+from controller.release.variants import batch_shape, convert_to_openvino
 from ota.build import BundleSpec
 from tests.agent.consistency import (
     CANDIDATE_THRESHOLD,

@@ -1,0 +1,390 @@
+"""Deployment on the device: receive a bundle's chunks, verify, install, activate, report.
+
+Runs on the agent's control thread only, so it needs no locks of its own. Every step is
+reported as an event with the bundle digest, so a deployment is never a black box. Offers in
+flight are written beside their chunks (`agent.pending`) and resumed after a restart; a
+download that stops making progress is asked for again with backoff, then given up as
+`stalled`. Install, probation and revert are `agent.installer`'s job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from agent.deploy.faults import FaultPoint, no_fault
+from agent.deploy.http_download import DownloadUpdate, HttpDownloads
+from agent.deploy.installer import Installer
+from agent.deploy.pending import PendingOffer, drop_pending, load_pending, save_pending
+from agent.deploy.probation import HealthSource
+from ota.install import InstalledBundle, SlotStore, StoreCorrupt
+from ota.transfer import ChunkAssembler, Offer, TransferError
+from protocol.codec import Chunk
+from protocol.messages import BundleOffer, ChunkRange, Deploy
+
+log = logging.getLogger(__name__)
+
+EmitEvent = Callable[..., None]
+
+
+@dataclass
+class _Transfer:
+    assembler: ChunkAssembler
+    cmd_id: str
+    name: str
+    version: int
+    started: float = field(default_factory=time.monotonic)
+    last_progress: float = field(default_factory=time.monotonic)
+    requests: int = 0
+    reported_tenths: int = -1
+
+
+class DeviceDeployer:
+    """Drives bundles from offer to running (or to a reported failure)."""
+
+    def __init__(
+        self,
+        *,
+        store: SlotStore,
+        downloads: Path,
+        trust_file: Path,
+        subscribe: Callable[[str], None],
+        unsubscribe: Callable[[str], None],
+        emit: EmitEvent,
+        activate: Callable[[InstalledBundle], None],
+        profile: str | None = None,
+        request_timeout: float = 5.0,
+        max_requests: int = 8,
+        health: HealthSource = lambda: None,
+        probation_s: float = 0.0,
+        max_probation_attempts: int = 3,
+        fault: FaultPoint = no_fault,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
+        self.store = store
+        self.downloads = downloads
+        self.trust_file = trust_file
+        self._subscribe = subscribe
+        self._unsubscribe = unsubscribe
+        self._emit = emit
+        self.profile = profile
+        self.request_timeout = request_timeout
+        self.max_requests = max_requests
+        self._fault = fault
+        self.installer = Installer(
+            store=store,
+            trust_file=trust_file,
+            emit=emit,
+            activate=activate,
+            health=health,
+            profile=profile,
+            probation_s=probation_s,
+            max_attempts=max_probation_attempts,
+            fault=fault,
+            clock=clock,
+        )
+        self._transfers: dict[str, _Transfer] = {}
+        self.http = HttpDownloads(downloads)
+
+    def on_deploy(self, command: Deploy) -> None:
+        offer = command.bundle
+        current = self._current()
+        if current is not None and current.digest == offer.digest:
+            trial = self.installer.probation
+            if trial is not None and trial.installed.digest == offer.digest:
+                self._emit("probation", bundle=offer.digest, cmd_id=command.id, message="on trial")
+            else:
+                self._emit(
+                    "running", bundle=offer.digest, cmd_id=command.id, message="already running"
+                )
+            return
+        if (offer.url or self.http.active(offer.digest)) and offer.digest not in self._transfers:
+            self._deploy_over_http(command)
+            return
+        if offer.digest in self._transfers:
+            self._transfers[offer.digest].cmd_id = command.id
+            self._request_missing(offer.digest)
+            return
+        try:
+            assembler = ChunkAssembler(
+                self.downloads,
+                Offer(offer.digest, offer.size, offer.chunk_size, offer.chunks),
+            )
+        except TransferError as exc:
+            self._emit(
+                "failed",
+                bundle=offer.digest,
+                cmd_id=command.id,
+                reason="bad_offer",
+                message=str(exc),
+                level="error",
+            )
+            return
+        pending = PendingOffer(
+            digest=offer.digest,
+            size=offer.size,
+            chunk_size=offer.chunk_size,
+            chunks=offer.chunks,
+            cmd_id=command.id,
+            name=offer.name,
+            version=offer.version,
+        )
+        save_pending(self.downloads, pending)
+        self._emit(
+            "deploy_offered",
+            bundle=offer.digest,
+            cmd_id=command.id,
+            message=f"{offer.name}@{offer.version}, {offer.size} bytes",
+        )
+        self._start_transfer(pending, assembler)
+
+    def resume(self) -> None:
+        """Take up the downloads a previous run left unfinished; call once the session is up."""
+        current = self._current()
+        for pending in load_pending(self.downloads):
+            if pending.digest in self._transfers:
+                continue
+            if current is not None and current.digest == pending.digest:
+                self._forget_download(pending.digest)  # installed; we stopped before cleanup
+                continue
+            if pending.url is not None:
+                self._resume_over_http(pending)
+                continue
+            try:
+                assembler = ChunkAssembler(
+                    self.downloads,
+                    Offer(pending.digest, pending.size, pending.chunk_size, pending.chunks),
+                )
+            except TransferError:
+                drop_pending(self.downloads, pending.digest)
+                continue
+            self._emit(
+                "downloading",
+                bundle=pending.digest,
+                cmd_id=pending.cmd_id,
+                progress=assembler.received / pending.chunks,
+                message=f"resumed with {assembler.received} of {pending.chunks} chunks on disk",
+            )
+            self._start_transfer(pending, assembler)
+
+    def _start_transfer(self, pending: PendingOffer, assembler: ChunkAssembler) -> None:
+        digest = pending.digest
+        transfer = _Transfer(assembler, pending.cmd_id, pending.name, pending.version)
+        self._transfers[digest] = transfer
+        if assembler.final_path.exists() or assembler.complete:
+            self._finish(digest)
+            return
+        self._subscribe(digest)
+        self._request_missing(digest)
+
+    def on_chunk(self, digest: str, chunk: Chunk) -> None:
+        transfer = self._transfers.get(digest)
+        if transfer is None:
+            return  # another device's rollout wave, or a transfer we already finished
+        try:
+            added = transfer.assembler.add(chunk.index, chunk.total, chunk.data)
+        except TransferError as exc:
+            log.warning("event=chunk_refused bundle=%s error=%r", digest[:12], str(exc))
+            return
+        if not added:
+            return
+        self._fault("download")
+        transfer.last_progress = time.monotonic()
+        transfer.requests = 0  # attempts count only requests that brought nothing
+        offer = transfer.assembler.offer
+        tenths = transfer.assembler.received * 10 // offer.chunks
+        if tenths != transfer.reported_tenths:
+            transfer.reported_tenths = tenths
+            transfer.assembler.save_progress()
+            self._emit(
+                "downloading",
+                bundle=digest,
+                cmd_id=transfer.cmd_id,
+                progress=transfer.assembler.received / offer.chunks,
+            )
+        if transfer.assembler.complete:
+            self._finish(digest)
+
+    def tick(self) -> None:
+        """Judge a probation; ask again, with backoff, for chunks of stalled transfers."""
+        for update in self.http.poll():
+            self._on_http_update(update)
+        self.installer.tick()
+        now = time.monotonic()
+        for digest, transfer in list(self._transfers.items()):
+            waited = now - transfer.last_progress
+            if waited < self.request_timeout * min(8, 2 ** max(0, transfer.requests - 1)):
+                continue
+            transfer.assembler.save_progress()
+            if transfer.requests >= self.max_requests:
+                self._give_up(digest, waited)
+                continue
+            self._emit(
+                "downloading",
+                bundle=digest,
+                cmd_id=transfer.cmd_id,
+                progress=transfer.assembler.received / transfer.assembler.offer.chunks,
+                reason="stalled",
+                level="warning",
+                message=f"no chunk for {waited:.1f} s, asking again "
+                f"({transfer.requests + 1} of {self.max_requests})",
+            )
+            self._request_missing(digest)
+
+    def _give_up(self, digest: str, waited: float) -> None:
+        transfer = self._transfers.pop(digest)
+        self._unsubscribe(digest)
+        # the chunks stay on disk: a later offer of the same bundle starts from them
+        drop_pending(self.downloads, digest)
+        self._emit(
+            "failed",
+            bundle=digest,
+            cmd_id=transfer.cmd_id,
+            reason="stalled",
+            level="error",
+            message=f"{transfer.assembler.received} of {transfer.assembler.offer.chunks} chunks; "
+            f"{transfer.requests} requests brought nothing for {waited:.1f} s",
+        )
+
+    def _deploy_over_http(self, command: Deploy) -> None:
+        offer = command.bundle
+        if not self.http.start(offer, command.id):
+            return  # already downloading; its updates now carry this command's id
+        # remembered, so a restart takes the download up again from its .part file
+        save_pending(
+            self.downloads,
+            PendingOffer(
+                digest=offer.digest,
+                size=offer.size,
+                chunk_size=offer.chunk_size,
+                chunks=offer.chunks,
+                cmd_id=command.id,
+                name=offer.name,
+                version=offer.version,
+                url=offer.url,
+            ),
+        )
+        self._emit(
+            "deploy_offered",
+            bundle=offer.digest,
+            cmd_id=command.id,
+            message=f"{offer.name}@{offer.version}, {offer.size} bytes over HTTP",
+        )
+
+    def _resume_over_http(self, pending: PendingOffer) -> None:
+        offer = BundleOffer(
+            name=pending.name,
+            version=pending.version,
+            digest=pending.digest,
+            size=pending.size,
+            chunk_size=pending.chunk_size,
+            chunks=pending.chunks,
+            url=pending.url,
+        )
+        if self.http.start(offer, pending.cmd_id):
+            self._emit(
+                "downloading",
+                bundle=pending.digest,
+                cmd_id=pending.cmd_id,
+                message="resumed over HTTP",
+            )
+
+    def _on_http_update(self, update: DownloadUpdate) -> None:
+        """Report an HTTP download's progress; a finished file goes through `install`."""
+        fields: dict[str, Any] = {"bundle": update.digest, "cmd_id": update.cmd_id or None}
+        if update.kind == "progress":
+            self._emit("downloading", progress=update.progress, **fields)
+        elif update.kind == "retrying":
+            self._emit(
+                "downloading",
+                reason=update.reason,
+                message=update.message,
+                level="warning",
+                **fields,
+            )
+        elif update.kind == "failed":
+            # given up: a later offer starts again from the .part file, a restart does not
+            drop_pending(self.downloads, update.digest)
+            self._emit(
+                "failed", reason=update.reason, message=update.message, level="error", **fields
+            )
+        elif update.path is not None:
+            try:
+                staged = self.installer.stage(
+                    update.path, digest=update.digest, cmd_id=fields["cmd_id"]
+                )
+            finally:
+                # as for MQTT: a bundle that crashes in probation must not be re-installed
+                # from a leftover download at the next start
+                update.path.unlink(missing_ok=True)
+                self._forget_download(update.digest)
+            if staged is not None:
+                self.installer.begin(*staged)
+
+    def _request_missing(self, digest: str) -> None:
+        transfer = self._transfers[digest]
+        transfer.requests += 1
+        transfer.last_progress = time.monotonic()
+        missing = tuple(ChunkRange(start=a, end=b) for a, b in transfer.assembler.missing_ranges())
+        if missing:
+            self._emit(
+                "chunk_request",
+                bundle=digest,
+                cmd_id=transfer.cmd_id,
+                missing=missing,
+                message=f"attempt {transfer.requests}",
+            )
+
+    def _finish(self, digest: str) -> None:
+        transfer = self._transfers.pop(digest)
+        self._unsubscribe(digest)
+        cmd_id = transfer.cmd_id
+        try:
+            path = transfer.assembler.finish()
+        except TransferError as exc:
+            drop_pending(self.downloads, digest)
+            self._emit(
+                "failed",
+                bundle=digest,
+                cmd_id=cmd_id,
+                reason="hash_mismatch",
+                message=str(exc),
+                level="error",
+            )
+            return
+        try:
+            staged = self.installer.stage(path, digest=digest, cmd_id=cmd_id)
+        finally:
+            # in the slot or refused: either way the download is done, and is not resumed if
+            # the probation below crashes the agent
+            self._forget_download(digest)
+        if staged is not None:
+            self.installer.begin(*staged)
+
+    def _forget_download(self, digest: str) -> None:
+        (self.downloads / f"{digest}.bundle").unlink(missing_ok=True)
+        drop_pending(self.downloads, digest)
+
+    def install(self, path: Path, *, digest: str | None = None, cmd_id: str | None = None) -> bool:
+        """Verify and install a complete bundle file, then activate it; False on failure."""
+        return self.installer.install(path, digest=digest, cmd_id=cmd_id)
+
+    def restore(self) -> None:
+        """At agent start: load the installed bundle (counting a probation attempt)."""
+        self.installer.restore()
+
+    def rollback(self, cmd_id: str | None = None) -> bool:
+        """Switch back to the previous slot on request; False if there is none that is intact."""
+        return self.installer.rollback(cmd_id)
+
+    def _current(self) -> InstalledBundle | None:
+        try:
+            return self.store.current()
+        except (StoreCorrupt, OSError):
+            log.exception("event=store_unreadable")
+            return None

@@ -1,0 +1,3 @@
+"""Everything that leaves the device: the MQTT session, the on-disk outbox, detection batches and
+snapshot delivery.
+"""

@@ -1,0 +1,263 @@
+"""`edgefleet demo`: controller + local broker + one local agent on a sample video, one command.
+
+Everything real: a mosquitto (or in-process broker), the controller with SQLite, an agent
+process, a BlazeFace bundle built and signed here and delivered over MQTT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from controller.demo.broker import free_port, start_local_broker
+from controller.demo.sample_video import write_sample_video
+from controller.release.recipes import example_spec
+from controller.server import Controller
+from controller.settings import ControllerSettings, HttpSettings, MqttSettings
+from ota.build import build_bundle
+from ota.keys import SigningKey
+from ota.trust import TrustStore
+
+DEVICE_ID = "demo-cam-01"
+
+
+class DemoError(RuntimeError):
+    """The demo could not reach a running state; the message says which step failed."""
+
+
+@dataclass
+class DemoResult:
+    devices: int
+    frames: int
+    detections: int
+    fps: float
+    bundle: str
+    runtime: str
+
+    def line(self) -> str:
+        return (
+            f"RESULT devices={self.devices} frames={self.frames} detections={self.detections} "
+            f"fps={self.fps:.1f} bundle={self.bundle} runtime={self.runtime}"
+        )
+
+
+def agent_command() -> list[str]:
+    """The agent's console script beside this interpreter, else the module."""
+    script = Path(sys.executable).with_name("edgefleet-agent")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "agent.cli"]
+
+
+def write_agent_config(agent_dir: Path, config: dict[str, Any]) -> Path:
+    """Write an agent settings file into `agent_dir`; returns its path."""
+    path = agent_dir / "agent.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def spawn_agent(
+    config_path: Path, log_path: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `edgefleet-agent run` on a settings file, appending its output to `log_path`."""
+    environment = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [*agent_command(), "run", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+        )
+
+
+def stop_agent(agent: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM (the agent flushes its outbox and says offline), SIGKILL if it hangs."""
+    if agent.poll() is None:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait(timeout=5)
+
+
+def _keys(workdir: Path) -> tuple[SigningKey, Path]:
+    key_path = workdir / "keys" / "release.pem"
+    if key_path.exists():
+        key = SigningKey.load(key_path)
+    else:
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        key = SigningKey.generate()
+        key.save(key_path)
+    trust_path = workdir / "keys" / "trust.json"
+    TrustStore.from_keys([key.public_key()]).save(trust_path)
+    return key, trust_path
+
+
+def _wait(what: str, check: Any, timeout: float, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def run_demo(duration: float, workdir: Path, http_port: int | None = None) -> DemoResult:
+    """Run the whole loop for `duration` seconds and return what it measured.
+
+    Raises DemoError, BrokerError, ModelFetchError.
+    """
+    workdir = workdir.resolve()
+    agent_dir = workdir / "agent"
+    shutil.rmtree(agent_dir, ignore_errors=True)  # a fresh device every run
+    shutil.rmtree(workdir / "controller", ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    print("edgefleet demo: preparing keys, the BlazeFace bundle and a sample video", flush=True)
+    key, trust_path = _keys(workdir)
+    built = build_bundle(
+        example_spec("blazeface-short"),
+        workdir,
+        [key],
+        workdir / "blazeface-short.bundle",
+        datetime.now(timezone.utc),
+    )
+    video = write_sample_video(workdir / "sample.avi", fps=10, seconds_per_image=2.0)
+
+    broker = start_local_broker()
+    port = http_port if http_port is not None else free_port()
+    settings = ControllerSettings(
+        data_dir=workdir / "controller",
+        mqtt=MqttSettings(port=broker.port, client_id="edgefleet-demo-controller"),
+        http=HttpSettings(port=port),
+        trust_path=trust_path,
+    )
+    controller = Controller(settings)
+    agent: subprocess.Popen[bytes] | None = None
+    api = f"http://127.0.0.1:{port}"
+    try:
+        controller.start()
+        print(f"edgefleet demo: broker on 127.0.0.1:{broker.port}, API at {api}", flush=True)
+        agent_dir.mkdir(parents=True)
+        shutil.copy(trust_path, agent_dir / "trust.json")
+        config = {
+            "device_id": DEVICE_ID,
+            "data_dir": str(agent_dir),
+            "mqtt": {"host": "127.0.0.1", "port": broker.port},
+            "cameras": [{"id": "cam0", "source": str(video.path), "loop": True}],
+            "health_interval_s": 2.0,
+        }
+        (workdir / "agent.log").unlink(missing_ok=True)
+        agent = spawn_agent(write_agent_config(agent_dir, config), workdir / "agent.log")
+        with httpx.Client(base_url=api, timeout=10.0) as http:
+            return _drive(http, agent, built.path, built.digest, duration, workdir)
+    finally:
+        if agent is not None:
+            stop_agent(agent)
+        controller.stop()
+        broker.close()
+
+
+def _device(http: httpx.Client) -> dict[str, Any] | None:
+    devices = http.get("/api/devices").json()
+    return next((d for d in devices if d["id"] == DEVICE_ID), None)
+
+
+def _drive(
+    http: httpx.Client,
+    agent: subprocess.Popen[bytes],
+    bundle_path: Path,
+    digest: str,
+    duration: float,
+    workdir: Path,
+) -> DemoResult:
+    def agent_alive() -> None:
+        if agent.poll() is not None:
+            raise DemoError(f"the agent exited with {agent.returncode}; see {workdir}/agent.log")
+
+    response = http.post("/api/bundles", content=bundle_path.read_bytes())
+    if response.status_code >= 400:
+        raise DemoError(f"bundle upload refused: {response.text}")
+
+    def online() -> bool:
+        agent_alive()
+        device = _device(http)
+        return bool(device and device["online"])
+
+    _wait("the agent to come online", online, 60)
+    response = http.post("/api/deployments", json={"device": DEVICE_ID, "bundle": digest})
+    if response.status_code >= 400:
+        raise DemoError(f"deployment refused: {response.text}")
+
+    def running() -> dict[str, Any] | None:
+        agent_alive()
+        device = _device(http)
+        return device if device and device.get("active_digest") == digest else None
+
+    _wait("the bundle to run on the agent", running, 60)
+    print("edgefleet demo: bundle running; Ctrl-C ends early", flush=True)
+    deadline = time.monotonic() + duration
+    summary: dict[str, Any] = {}
+    interrupted = False
+    try:
+        while time.monotonic() < deadline:
+            agent_alive()
+            summary = http.get("/api/summary").json()
+            last = summary.get("last_detection") or {}
+            line = (
+                f"\rdevices {summary['devices_online']}/{summary['devices']}  "
+                f"fps {summary['fps']:5.1f}  frames {summary['frames']:6d}  "
+                f"detections {summary['detections']:6d}  "
+                f"last {last.get('label', '-')} {last.get('score', 0.0):.2f}  {http.base_url}"
+            )
+            print(line, end="", flush=True)
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        interrupted = True
+    print(flush=True)
+    if not interrupted:
+        summary = http.get("/api/summary").json()
+    device = _device(http) or {}
+    return DemoResult(
+        devices=int(summary.get("devices", 0)),
+        frames=int(summary.get("frames", 0)),
+        detections=int(summary.get("detections", 0)),
+        fps=float(summary.get("fps", 0.0)),
+        bundle=f"{device.get('active_name', '?')}@{device.get('active_version', '?')}",
+        runtime=str(device.get("active_runtime", "?")),
+    )
+
+
+def add_demo_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="controller + local broker + a local agent on a sample video"
+    )
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds to run")
+    parser.add_argument("--workdir", type=Path, default=Path(".edgefleet/demo"))
+    parser.add_argument("--http-port", type=int, default=None, help="API port (default: free)")
+    parser.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        result = run_demo(args.duration, args.workdir, args.http_port)
+    except DemoError as exc:
+        print(f"edgefleet demo: {exc}", file=sys.stderr)
+        return 1
+    print(result.line(), flush=True)
+    return 0 if result.detections > 0 else 1
