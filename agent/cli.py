@@ -43,11 +43,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from agent.daemon import KNOWN_RUNTIMES, choose_profile, describe_preference
-    from agent.runtimes.base import probe_runtime
+    from agent.selection import choose_profile, describe_preference, probe_runtimes
 
     profile, order = choose_profile(args.profile)
-    probes = [probe_runtime(k) for k in KNOWN_RUNTIMES]
+    probes = probe_runtimes()
     if args.json:
         runtimes = [
             {"runtime": p.key, "available": p.available, "reason": p.reason} for p in probes
@@ -66,11 +65,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_bundle(args: argparse.Namespace) -> int:
     from ota.errors import BundleRefused
     from ota.install import SlotStore
-    from ota.trust import TrustStore
+    from ota.trust_file import load_trust_store
     from ota.verify import verify_bundle
 
     settings = _settings(args)
-    trust = TrustStore.load(args.trust or settings.trust_file)
+    trust = load_trust_store(args.trust or settings.trust_file)
     now = datetime.now(timezone.utc)
     store = SlotStore(settings.data_dir / "bundles")
     try:
@@ -97,7 +96,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 def cmd_trust(args: argparse.Namespace) -> int:
     from ota.errors import RootRefused
-    from ota.trust import TrustStore, apply_root_chain
+    from ota.trust_file import apply_root_chain, load_trust_store
 
     settings = _settings(args)
     path: Path = args.trust or settings.trust_file
@@ -110,7 +109,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
             return 1
         print(f"trusting root version {version} ({path})")
         return 0
-    trust = TrustStore.load(path)
+    trust = load_trust_store(path)
     expires = trust.expires.isoformat() if trust.expires else "never"
     kind = f"root version {trust.root_version}" if trust.root_version else "plain (no root)"
     print(f"trust      {path}: {kind}, expires {expires}")

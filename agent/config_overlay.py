@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
@@ -30,10 +30,14 @@ SETTABLE_FIELDS = frozenset(
 )
 
 
+# the ack's result when set-config is refused
+ConfigProblem = Literal["not_settable", "invalid_config", "overlay_unreadable", "persist_failed"]
+
+
 class ConfigRejected(Exception):
     """A set-config document or overlay file was refused; `reason` is a short word."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: ConfigProblem, message: str) -> None:
         super().__init__(message)
         self.reason = reason
 

@@ -23,25 +23,25 @@ from agent.config_overlay import (
 )
 from agent.deploy.deployer import DeviceDeployer
 from agent.deploy.faults import fault_point_from_env
-from agent.deploy.loader import DEFAULT_PREFERENCES, load_model
+from agent.deploy.installer import Installer
+from agent.deploy.loader import load_model
 from agent.deploy.probation import CountingDetector, ModelHealth
 from agent.deploy.trust_update import apply_trust_update
+from agent.health.message import LinkBacklog, health_message
 from agent.health.sources import DeviceHealth, profile_health_sources, with_device_health
 from agent.health.system import SystemHealth, Uptime
+from agent.link.events import EventReporter
 from agent.link.outbox import Outbox, OutboxPump
 from agent.link.session import AgentSession
 from agent.link.snapshots import SnapshotDelivery
-from agent.link.telemetry import DetectionBatcher, health_message
+from agent.link.telemetry import DetectionBatcher
 from agent.pipeline.snapshots import SnapshotKeeper
 from agent.pipeline.sources import resolve_cameras
 from agent.pipeline.workers import ActiveModel, Pipeline
-from agent.runtimes.base import RuntimeProbe, probe_runtime
+from agent.runtimes.base import RuntimeProbe
+from agent.selection import choose_profile, choose_runtime, probe_runtimes
 from agent.settings import AgentSettings
 from agent.systemd import Notifier
-from device_profiles.errors import ProfileError
-from device_profiles.probe import detect as detect_profile
-from device_profiles.probe import effective_runtimes
-from device_profiles.schema import RuntimePreference
 from ota.install import InstalledBundle, SlotStore
 from protocol.codec import encode
 from protocol.messages import (
@@ -61,37 +61,6 @@ from protocol.messages import (
 
 log = logging.getLogger(__name__)
 
-KNOWN_RUNTIMES = ("tensorrt", "edgetpu", "openvino", "onnx", "litert", "opencv")
-
-
-def choose_profile(forced: str | None) -> tuple[str, tuple[str | RuntimePreference, ...]]:
-    """The device profile and its runtime preferences (runtime, precision, device), best first."""
-    try:
-        detection = detect_profile(forced=forced)
-    except ProfileError as exc:
-        if forced:
-            raise
-        log.warning(
-            "event=no_profile reason=%r fallback=%s", str(exc), ",".join(DEFAULT_PREFERENCES)
-        )
-        return "unknown", DEFAULT_PREFERENCES
-    order = tuple(effective_runtimes(detection))
-    log.info(
-        "event=profile_detected profile=%s accelerators=%s runtimes=%s",
-        detection.profile.name,
-        ",".join(a.name for a in detection.accelerators_found) or "-",
-        ",".join(describe_preference(p) for p in order),
-    )
-    return detection.profile.name, order
-
-
-def describe_preference(preference: str | RuntimePreference) -> str:
-    """`runtime[/device][:precision]` for logs and `edgefleet-agent probe`."""
-    if isinstance(preference, str):
-        return preference
-    device = f"/{preference.device}" if preference.device else ""
-    return f"{preference.runtime}{device}:{preference.precision}"
-
 
 class Agent:
     """One device's agent; `run()` blocks until `stop()` or SIGTERM."""
@@ -106,10 +75,10 @@ class Agent:
         self.notifier = notifier or Notifier()
         self.uptime = Uptime()
         self.system = SystemHealth(disk_path=self.data_dir)
-        self.probes: list[RuntimeProbe] = [probe_runtime(k) for k in KNOWN_RUNTIMES]
+        self.probes: list[RuntimeProbe] = probe_runtimes()
         self.profile, self.preferences = choose_profile(settings.profile)
         self.store = SlotStore(self.data_dir / "bundles")
-        self.session = AgentSession(settings, self.state)
+        self.session = AgentSession(settings.mqtt, self.device_id, self.state)
         # detections and deployment events go to disk first; the pump publishes them from there
         self.outbox = Outbox(
             settings.outbox.path or self.data_dir / "outbox.sqlite", settings.outbox
@@ -137,21 +106,31 @@ class Agent:
             snapshots=self.snapshots,
         )
         self.device_health = self._device_health()
+        self.events = EventReporter(
+            self.device_id, store=self._store_event, send_now=self._send_event
+        )
+        fault = fault_point_from_env()
+        installer = Installer(
+            store=self.store,
+            trust_file=settings.trust_file,
+            events=self.events,
+            activate=self.activate,
+            health=self.model_health,
+            profile=self.profile,
+            probation_s=settings.probation_s,
+            max_attempts=settings.max_probation_attempts,
+            fault=fault,
+        )
         self.deployer = DeviceDeployer(
             store=self.store,
+            installer=installer,
             downloads=self.data_dir / "downloads",
-            trust_file=settings.trust_file,
             subscribe=self.session.subscribe_bundle,
             unsubscribe=self.session.unsubscribe_bundle,
-            emit=self.emit,
-            activate=self.activate,
-            profile=self.profile,
+            events=self.events,
             request_timeout=settings.chunk_request_timeout_s,
             max_requests=settings.chunk_request_attempts,
-            health=self.model_health,
-            probation_s=settings.probation_s,
-            max_probation_attempts=settings.max_probation_attempts,
-            fault=fault_point_from_env(),
+            fault=fault,
         )
         self._seen_commands: OrderedDict[str, None] = OrderedDict()
         self._stop = threading.Event()
@@ -182,29 +161,20 @@ class Agent:
             cameras=tuple(c.id for c in self.settings.cameras),
         )
 
-    def emit(self, kind: str, **fields: Any) -> None:
-        """Publish one deployment/diagnostic event on the device's event topic."""
-        clean = {k: v for k, v in fields.items() if v is not None}
-        for key in ("message", "reason"):
-            if key in clean:
-                clean[key] = str(clean[key])[: 4096 if key == "message" else 256]
-        event = Event(device=self.device_id, kind=kind, **clean)  # type: ignore[arg-type]
-        log.info("event=%s bundle=%s reason=%s", kind, (event.bundle or "-")[:12], event.reason)
-        topic = self.session.topics.evt(self.device_id)
-        if kind == "chunk_request":
-            # worth only its moment: the deployer asks again for whatever is still missing, and
-            # a request replayed from disk after a restart would make the controller resend
-            # chunks this device may already hold
-            self.session.publish(topic, encode(event), qos=1)
-            return
-        self.outbox.put(topic, encode(event), [event.id])
+    def _store_event(self, event: Event) -> None:
+        self.outbox.put(self.session.topics.evt(self.device_id), encode(event), [event.id])
+
+    def _send_event(self, event: Event) -> None:
+        self.session.publish(self.session.topics.evt(self.device_id), encode(event), qos=1)
 
     def activate(self, installed: InstalledBundle) -> None:
-        """Load `installed` beside the running model and swap it in between two frames."""
+        """Load `installed` beside the running model and swap it in between two frames.
+
+        Raises ModelLoadFailed when no runtime here can run it or it does not load."""
+        choice = choose_runtime(installed.manifest, self.probes, self.preferences)
         model = load_model(
             installed,
-            self.probes,
-            self.preferences,
+            choice,
             threads=self.settings.runtime_threads,
             cache_dir=self.data_dir / "engines",
         )
@@ -330,9 +300,19 @@ class Agent:
         self.deployer.restore()
 
     def publish_health(self) -> None:
-        message = with_device_health(
-            health_message(self, self.system.sample()), self.device_health.sample()
+        link = LinkBacklog(
+            outbox_depth=self.outbox.depth,
+            outbox_dropped=self.outbox.dropped,
+            mqtt_reconnects=self.session.reconnects,
         )
+        message = health_message(
+            self.device_id,
+            uptime_s=self.uptime.seconds(),
+            sample=self.system.sample(),
+            cameras=self.pipeline.workers,
+            link=link,
+        )
+        message = with_device_health(message, self.device_health.sample())
         self.session.publish(self.session.topics.health(self.device_id), encode(message), qos=0)
 
     def run(self) -> None:

@@ -4,74 +4,23 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.link.outbox import OutboxSettings
-from agent.pipeline.filters import FilterSettings
-from agent.pipeline.motion import MotionSettings
+from agent.link.session import MqttSettings
+from agent.pipeline.settings import CameraSettings
 from agent.pipeline.snapshots import SnapshotSettings
-from agent.pipeline.tracker import TrackerSettings
 from device_profiles.schema import HealthSource
-from protocol.topics import DEFAULT_PREFIX, validate_device_id
+from protocol.topics import validate_device_id
 
 
 def _default_device_id() -> str:
     host = "".join(c if c.isalnum() else "-" for c in socket.gethostname().lower()).strip("-")
     return (host or "device")[:64].rjust(3, "0")
-
-
-class MqttSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    host: str = Field("127.0.0.1", description="broker host")
-    port: Annotated[int, Field(gt=0, lt=65536)] = Field(1883, description="broker port")
-    username: str | None = Field(None, description="broker user name (per-device credentials)")
-    password: str | None = Field(None, description="broker password")
-    prefix: str = Field(DEFAULT_PREFIX, description="topic prefix shared with the controller")
-    keepalive: Annotated[int, Field(ge=5, le=3600)] = Field(30, description="seconds")
-    max_inflight: Annotated[int, Field(ge=1, le=1000)] = Field(20, description="QoS 1 window")
-
-
-class CameraSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = Field(
-        "cam0", description="camera name in detections and health"
-    )
-    source: str = Field(
-        min_length=1,
-        description="video file, V4L2 index or /dev/videoN, rtsp:// or http(s):// (MJPEG) URL, "
-        "GStreamer pipeline (contains '!'), or 'profile' for the device profile's camera",
-    )
-    loop: bool = Field(True, description="restart a video file at its end")
-    realtime: bool = Field(True, description="pace a video file at its own frame rate")
-    fps: Annotated[float, Field(gt=0, le=240)] | None = Field(
-        None, description="pacing rate for a file when it does not say its own"
-    )
-    rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP media transport")
-    open_timeout_s: Annotated[float, Field(gt=0, le=120)] = Field(
-        10.0, description="give up opening a network source after this long"
-    )
-    read_timeout_s: Annotated[float, Field(gt=0, le=120)] = Field(
-        5.0, description="no frame for this long: the source is frozen and gets reopened"
-    )
-    reconnect_max_s: Annotated[float, Field(ge=0.1, le=600)] = Field(
-        30.0, description="cap of the exponential backoff between reopen attempts"
-    )
-    template: dict[str, int | str] = Field(
-        default_factory=dict,
-        description="values for the profile's source template: sensor_id, index, width, "
-        "height, fps, url",
-    )
-    filters: FilterSettings = Field(
-        default_factory=FilterSettings, description="labels, score, area, zones"
-    )
-    motion: MotionSettings = Field(default_factory=MotionSettings, description="motion gating")
-    tracker: TrackerSettings = Field(default_factory=TrackerSettings, description="tracking")
 
 
 class AgentSettings(BaseSettings):

@@ -41,9 +41,11 @@ from ota.keys import SigningKey
 from ota.manifest import InputSpec, PostprocessSpec
 from ota.transfer import ChunkAssembler, Offer, TransferError
 from ota.trust import TrustStore
+from ota.trust_file import load_trust_store, save_trust_store
 from ota.verify import verify_bundle
 from protocol.codec import decode_agent_message, decode_chunk, encode
 from protocol.errors import ProtocolError
+from protocol.events import EventKind
 from protocol.messages import ChunkRange, Event
 from protocol.topics import Topics
 
@@ -150,7 +152,7 @@ class Receiver:
             self.last_progress = time.monotonic()
         event = Event(
             device=self.device,
-            kind="chunk_request",
+            kind=EventKind.CHUNK_REQUEST,
             bundle=self.info.digest,
             missing=tuple(ChunkRange(start=a, end=b) for a, b in ranges),
         )
@@ -212,7 +214,7 @@ def run_receivers(
     reports: Any,
 ) -> None:
     """One worker process's share of the agents: receive until all verified or the deadline."""
-    trust = TrustStore.load(trust_path)
+    trust = load_trust_store(trust_path)
     done = threading.Condition()
     receivers = [
         Receiver(
@@ -368,7 +370,7 @@ def main() -> int:
     try:
         key = SigningKey.generate()
         trust = TrustStore.from_keys([key.public_key()])
-        trust.save(workdir / "trust.json")
+        save_trust_store(trust, workdir / "trust.json")
         bundle = build_signed_bundle(workdir, args.megabytes, key)
         url = f"sqlite:///{workdir / 'controller.db'}"
         upgrade_database(url)

@@ -26,9 +26,9 @@ import numpy as np
 
 from agent.detect.detector import Detector
 from agent.detect.preprocess import input_shape, letterbox
+from agent.pipeline.settings import CameraSettings
 from agent.pipeline.workers import ActiveModel, Pipeline
 from agent.runtimes.base import Runtime
-from agent.settings import CameraSettings
 from controller.demo.sample_video import DEFAULT_SCENES, render_placement
 from controller.release.models import fetch_model
 from controller.release.recipes import example_spec

@@ -28,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from protocol.events import EventLevel
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -151,7 +153,7 @@ class EventRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     device: Mapped[str] = mapped_column(ForeignKey("devices.id"))
     kind: Mapped[str] = mapped_column(String(32))
-    level: Mapped[str] = mapped_column(String(16), default="info")
+    level: Mapped[str] = mapped_column(String(16), default=EventLevel.INFO.value)
     bundle: Mapped[str | None] = mapped_column(String(64))
     cmd_id: Mapped[str | None] = mapped_column(String(256))
     reason: Mapped[str | None] = mapped_column(String(256))

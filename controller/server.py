@@ -1,4 +1,5 @@
-"""The controller process: database, MQTT ingest, deployer and REST API wired together."""
+"""The controller process: database, MQTT ingest, command sender, deployments and the REST API
+wired together; each part is handed what it uses."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from controller.bundles.repository import BundleRepository, BundleVerifier, rele
 from controller.db import make_engine, session_factory, upgrade_database
 from controller.fleet.deployments import DeploymentService
 from controller.fleet.snapshots import SnapshotRequests, SnapshotStore
+from controller.mqtt.commands import CommandSender
 from controller.mqtt.ingest import Ingest, IngestStats
 from controller.mqtt.session import Publisher
 from controller.settings import ControllerSettings
@@ -58,40 +60,48 @@ class Controller:
         upgrade_database(url)
         self.engine = make_engine(url)
         self.sessions = session_factory(self.engine)
-        topics = Topics(s.mqtt.topic_prefix)
+        self.topics = Topics(s.mqtt.topic_prefix)
         verifier = self._verifier or release_verifier(s.resolved_trust_path(), s.max_bundle_bytes)
         self.bundles = BundleRepository(s.bundle_dir, self.sessions, verifier, s.chunk_size)
         self.publisher = Publisher(s.mqtt, s.max_inflight, f"{s.mqtt.client_id}-pub").start()
-        self.chunks = ChunkServer(self.publisher, self.bundles, topics, s.chunk_coalesce_s).start()
+        self.commands = CommandSender(self.publisher, self.topics)
+        self.chunks = ChunkServer(
+            self.publisher, self.bundles, self.topics, s.chunk_coalesce_s
+        ).start()
+
+        def public_url() -> str:
+            # the API's port is known only once it listens
+            return s.resolved_public_url(self.http_port)
+
         self.deployer = DeploymentService(
             self.sessions,
             self.bundles,
-            self.publisher,
+            self.commands,
             self.chunks,
-            topics,
-            public_url=lambda: s.resolved_public_url(self.http_port),
+            public_url=public_url,
             http_transfer_bytes=s.http_transfer_bytes,
         )
         self.ingest = Ingest(
             s.mqtt, s.ingest, self.sessions, hooks=[self.deployer], stats=self.stats
         ).start()
         self._started = True
+        snapshots = SnapshotStore(s.data_dir / "snapshots", s.max_snapshot_bytes)
         self.app = create_app(
             ApiContext(
                 sessions=self.sessions,
                 bundles=self.bundles,
-                deployer=self.deployer,
+                deployments=self.deployer,
+                commands=self.commands,
                 stats=self.stats,
+                publisher=self.publisher,
+                chunks=self.chunks,
                 max_upload_bytes=s.max_bundle_bytes,
                 mqtt_ready=lambda: self.ingest.ready and self.publisher.ready,
                 trust_path=s.resolved_trust_path(),
-                snapshots=SnapshotRequests(
-                    SnapshotStore(s.data_dir / "snapshots", s.max_snapshot_bytes),
-                    self.sessions,
-                    lambda topic, payload: self.publisher.publish(topic, payload, timeout=10.0),
-                    topics,
-                    self.deployer.public_url,
+                snapshot_requests=SnapshotRequests(
+                    snapshots, self.sessions, self.commands, public_url
                 ),
+                snapshots=snapshots,
             )
         )
         self._serve_http(timeout)

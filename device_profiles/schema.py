@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-RuntimeName = Literal["tensorrt", "edgetpu", "openvino", "onnx", "litert", "opencv"]
+from protocol.events import RuntimeKey
+
 Arch = Literal["x86_64", "aarch64", "armv7l"]
 HealthSource = Literal[
     "thermal_zones", "tegrastats", "vcgencmd_throttled", "edgetpu_temperature", "nvml"
@@ -64,7 +65,7 @@ class Accelerator(ProfileModel):
 
 
 class RuntimePreference(ProfileModel):
-    runtime: RuntimeName
+    runtime: RuntimeKey
     precision: Literal["fp32", "fp16", "int8"]
     device: str | None = Field(default=None, description='e.g. "CUDA", "MYRIAD", "CPU"')
     note: str | None = None

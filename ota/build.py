@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from ota.atomic import atomic_output
+from ota.digest import file_digest
 from ota.keys import SigningKey
 from ota.layout import (
     FILES_PREFIX,
@@ -30,11 +31,9 @@ from ota.manifest import (
     Manifest,
     PostprocessSpec,
     Precision,
-    Runtime,
     Variant,
 )
-
-_CHUNK = 1 << 20
+from protocol.events import RuntimeKey
 
 
 class VariantSource(BaseModel):
@@ -42,7 +41,7 @@ class VariantSource(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    runtime: Runtime
+    runtime: RuntimeKey
     precision: Precision = "fp32"
     model: str = Field(description="model file, relative to the spec's folder or absolute")
     extra_files: tuple[str, ...] = Field(default=(), description="labels, configs, ...")
@@ -114,7 +113,7 @@ def build_bundle(
     out_path = Path(out_path)
     with atomic_output(out_path) as out:
         _write_tar(out, manifest_bytes, sign_manifest(manifest_bytes, keys), sources)
-    digest, size = _file_digest(out_path)
+    digest, size = file_digest(out_path)
     return BuiltBundle(path=out_path, digest=digest, size=size, manifest=manifest)
 
 
@@ -142,7 +141,7 @@ def _plan_files(spec: BundleSpec, base_dir: Path) -> tuple[list[_Source], tuple[
                 inner = f"{folder}/{local.name}"
                 if taken.setdefault(inner, local) != local:
                     raise ValueError(f"{taken[inner]} and {local} would both be {inner}")
-                digest, size = _file_digest(local)
+                digest, size = file_digest(local)
                 sources[local] = _Source(local, FileEntry(path=inner, sha256=digest, size=size))
             entries.append(sources[local].entry)
         variants.append(
@@ -185,13 +184,3 @@ class _HashingReader:
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
-
-
-def _file_digest(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size

@@ -1,45 +1,8 @@
-"""Why a bundle was refused, in words an operator can act on."""
+"""The errors that refuse a bundle or a root document; each carries its RefusalReason."""
 
 from __future__ import annotations
 
-from enum import Enum
-
-
-class RefusalReason(str, Enum):
-    """The one reason a bundle was refused; its value is what the dashboard shows."""
-
-    # signatures
-    UNSIGNED = "unsigned"
-    BAD_SIGNATURE = "bad_signature"
-    UNKNOWN_KEY = "unknown_key"
-    REVOKED_KEY = "revoked_key"
-    THRESHOLD_NOT_MET = "threshold_not_met"
-    # freshness
-    EXPIRED = "expired"
-    NOT_YET_VALID = "not_yet_valid"
-    ROLLBACK = "rollback"
-    # file contents
-    HASH_MISMATCH = "hash_mismatch"
-    SIZE_MISMATCH = "size_mismatch"
-    UNLISTED_FILE = "unlisted_file"
-    MISSING_FILE = "missing_file"
-    DUPLICATE_FILE = "duplicate_file"
-    # archive shape
-    UNSAFE_PATH = "unsafe_path"
-    UNSAFE_MEMBER = "unsafe_member"
-    MALFORMED_MANIFEST = "malformed_manifest"
-    MALFORMED_BUNDLE = "malformed_bundle"
-    TOO_LARGE = "too_large"
-    # fit for this device
-    INCOMPATIBLE_PROFILE = "incompatible_profile"
-    # the root document that says which keys count
-    MALFORMED_ROOT = "malformed_root"
-    ROOT_THRESHOLD_NOT_MET = "root_threshold_not_met"
-    ROOT_VERSION = "root_version"
-    NO_ROOT = "no_root"
-
-    def __str__(self) -> str:
-        return self.value
+from protocol.events import RefusalReason
 
 
 class BundleRefused(Exception):

@@ -8,7 +8,6 @@ left looking good. The httpx client is passed in, so the transport is the caller
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -17,14 +16,16 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 
 from ota.atomic import fsync_dir
+from ota.digest import file_digest
+from protocol.events import RefusalReason, TransferReason
 
 log = logging.getLogger(__name__)
 
-_HASH_BLOCK = 1 << 20
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 # statuses worth asking again for: the server is busy or briefly broken
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -36,21 +37,21 @@ RetryNotice = Callable[[int, float, "FetchError"], None]
 
 
 class FetchError(Exception):
-    """The download did not produce a verified file; `reason` is a short code for reports."""
+    """The download did not produce a verified file; `reason` is the code reports carry."""
 
-    reason = "download_failed"
+    reason: ClassVar[TransferReason | RefusalReason] = TransferReason.DOWNLOAD_FAILED
 
 
 class FetchStalled(FetchError):
     """The server stopped sending (read timeout or cut connection) more times than allowed."""
 
-    reason = "download_stalled"
+    reason = TransferReason.STALLED
 
 
 class FetchHttpStatus(FetchError):
     """The server answered with a status that a retry will not fix (or it kept failing)."""
 
-    reason = "http_status"
+    reason = TransferReason.HTTP_STATUS
 
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(f"HTTP {status}: {detail}")
@@ -60,19 +61,19 @@ class FetchHttpStatus(FetchError):
 class FetchBadResponse(FetchError):
     """The server's answer does not fit the offer: wrong Content-Range, length or extra bytes."""
 
-    reason = "bad_response"
+    reason = TransferReason.BAD_RESPONSE
 
 
 class FetchDigestMismatch(FetchError):
     """The whole file arrived but its sha256 is not the offered one; the file was deleted."""
 
-    reason = "hash_mismatch"
+    reason = RefusalReason.HASH_MISMATCH
 
 
 class FetchCancelled(FetchError):
     """The caller asked the download to stop; the partial file is kept for a later resume."""
 
-    reason = "cancelled"
+    reason = TransferReason.CANCELLED
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def fetch_bundle(
     cancel = cancel or threading.Event()
     directory.mkdir(parents=True, exist_ok=True)
     final = final_path(directory, wanted.digest)
-    if final.exists() and _sha256(final) == wanted.digest:
+    if final.exists() and file_digest(final)[0] == wanted.digest:
         return final
     part = part_path(directory, wanted.digest)
     failures = 0
@@ -276,16 +277,8 @@ def _write_body(
         raise FetchStalled(f"body ended at {written} of {size} bytes")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as src:
-        while block := src.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _verify_and_place(part: Path, final: Path, wanted: Wanted) -> Path:
-    got = _sha256(part)
+    got, _ = file_digest(part)
     if got != wanted.digest:
         part.unlink(missing_ok=True)
         raise FetchDigestMismatch(f"downloaded file has sha256 {got}, offer said {wanted.digest}")

@@ -24,11 +24,13 @@ from typing import Annotated, BinaryIO, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ota.atomic import fsync_dir, write_atomic
-from ota.errors import BundleRefused, RefusalReason
-from ota.manifest import Manifest, canonical_json
+from ota.canonical import canonical_json
+from ota.errors import BundleRefused
+from ota.manifest import Manifest
 from ota.trust import TrustStore
 from ota.unpack import DirectorySink
 from ota.verify import DEFAULT_CLOCK_SKEW, DEFAULT_MAX_BUNDLE_BYTES, verify_bundle
+from protocol.events import RefusalReason
 
 Slot = Literal["a", "b"]
 PointerState = Literal["probation", "committed"]

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ota.canonical import canonical_json
+from protocol.events import RuntimeKey
+
 MANIFEST_SCHEMA_VERSION: Literal[1] = 1
 
-Runtime = Literal["litert", "edgetpu", "onnx", "openvino", "tensorrt", "opencv"]
 Precision = Literal["fp32", "fp16", "int8", "uint8"]
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -77,7 +78,8 @@ class FileEntry(_Strict):
 class Variant(_Strict):
     """One build of the model for one runtime and precision."""
 
-    runtime: Runtime
+    # the enum's values are the strings signed manifests carry, so the signed bytes are unchanged
+    runtime: RuntimeKey
     precision: Precision = "fp32"
     model: str = Field(description="path of the main model file, one of `files`")
     files: tuple[FileEntry, ...]
@@ -148,9 +150,3 @@ class Manifest(_Strict):
     def canonical_bytes(self) -> bytes:
         """The exact bytes that are signed: sorted keys, no whitespace, UTF-8."""
         return canonical_json(self.model_dump(mode="json"))
-
-
-def canonical_json(obj: Any) -> bytes:
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")

@@ -22,12 +22,12 @@ from pydantic import (
     model_validator,
 )
 
-from ota.errors import RefusalReason as R
+from ota.canonical import canonical_json, check_strict_json, first_problem
 from ota.errors import RootRefused
 from ota.keys import PublicKey, SigningKey
 from ota.layout import Signature
-from ota.manifest import canonical_json
 from ota.trust import TrustStore
+from protocol.events import RefusalReason as R
 
 MAX_ROOT_BYTES = 64 << 10
 DEFAULT_CLOCK_SKEW = timedelta(minutes=5)
@@ -162,6 +162,17 @@ def is_root_document(data: bytes) -> bool:
     return isinstance(obj, dict) and "signed" in obj and "signatures" in obj
 
 
+def trust_store_from_bytes(data: bytes) -> TrustStore:
+    """The store a trust file's bytes describe: a signed root document's release role, or a
+    plain store.
+
+    A root's expiry is not checked here but by `verify_bundle`, so an expired root refuses
+    bundles as `expired`. Raises RootRefused, pydantic.ValidationError (both ValueError)."""
+    if is_root_document(data):
+        return parse_root(data).trust_store()
+    return TrustStore.model_validate_json(data)
+
+
 def sign_root(signed: RootSigned, keys: Iterable[SigningKey]) -> bytes:
     """The document bytes of `signed` with one signature per distinct key, readable JSON."""
     message = signed.canonical_bytes()
@@ -220,16 +231,12 @@ def _parse_document(data: bytes) -> tuple[_Document, bytes]:
         raise RootRefused(R.MALFORMED_ROOT, f"{len(data)} bytes, cap {MAX_ROOT_BYTES}")
     try:
         # json first, to refuse what pydantic's parser would let through
-        json.loads(
-            data.decode("utf-8"),
-            parse_constant=_refuse_constant,
-            object_pairs_hook=_refuse_duplicate_keys,
-        )
+        check_strict_json(data)
         doc = _Document.model_validate_json(data)
         # the signatures cover the canonical form, so whitespace and key order do not matter
         message = canonical_json(doc.signed)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise RootRefused(R.MALFORMED_ROOT, _first(exc)) from exc
+    except ValueError as exc:
+        raise RootRefused(R.MALFORMED_ROOT, first_problem(exc)) from exc
     return doc, message
 
 
@@ -237,7 +244,7 @@ def _validate_signed(message: bytes) -> RootSigned:
     try:
         signed = RootSigned.model_validate_json(message, strict=True)
     except ValidationError as exc:
-        raise RootRefused(R.MALFORMED_ROOT, _first(exc)) from exc
+        raise RootRefused(R.MALFORMED_ROOT, first_problem(exc)) from exc
     return signed
 
 
@@ -272,22 +279,3 @@ def _require_fresh(signed: RootSigned, now: datetime, skew: timedelta) -> None:
         raise RootRefused(
             R.EXPIRED, f"root version {signed.version} expired {signed.expires.isoformat()}"
         )
-
-
-def _refuse_constant(name: str) -> object:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("an object repeats a key")
-    return out
-
-
-def _first(exc: ValueError) -> str:
-    if isinstance(exc, ValidationError):
-        err = exc.errors()[0]
-        where = ".".join(str(part) for part in err["loc"]) or "document"
-        return f"{where}: {err['msg']}"
-    return str(exc)

@@ -1,20 +1,18 @@
-"""The device's trust store: which release keys may sign bundles, and how many must."""
+"""The device's trust store: which release keys may sign bundles, and how many must.
+
+A pure value: `ota.root` derives one from a root document, `ota.trust_file` reads and writes it.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ota.atomic import write_atomic
 from ota.keys import PublicKey
-
-if TYPE_CHECKING:
-    from ota.root import Root
 
 
 class TrustStore(BaseModel):
@@ -69,70 +67,8 @@ class TrustStore(BaseModel):
         """A copy in which `keyid`'s signatures no longer count."""
         return self.model_copy(update={"revoked": self.revoked | {keyid}})
 
-    @classmethod
-    def load(cls, path: Path) -> TrustStore:
-        """Read a store saved by `save`, or derive it from a signed root document.
-
-        A root's expiry is not checked here but by `verify_bundle`, so an expired root refuses
-        bundles as `expired`. Raises OSError, pydantic.ValidationError, ota.errors.RootRefused
-        (both ValueError)."""
-        # imported here: ota.root builds TrustStores, so a top-level import would be a cycle
-        from ota.root import is_root_document, parse_root
-
-        data = Path(path).read_bytes()
-        if is_root_document(data):
-            return parse_root(data).trust_store()
-        return cls.model_validate_json(data)
-
-    def save(self, path: Path) -> None:
-        """Write the store as JSON, atomically. Raises OSError."""
+    def to_json(self) -> bytes:
+        """The store as a trust file holds it: the same store always gives the same bytes."""
         data = self.model_dump(mode="json", exclude_none=True)
-        # sorted so that the same store always gives the same file
         data["revoked"] = sorted(self.revoked)
-        text = json.dumps(data, sort_keys=True, indent=2) + "\n"
-        write_atomic(Path(path), text.encode("utf-8"))
-
-
-def _trusted_root(path: Path) -> tuple[Root, bytes]:
-    from ota.errors import RefusalReason, RootRefused
-    from ota.root import is_root_document, parse_root
-
-    data = Path(path).read_bytes()
-    if not is_root_document(data):
-        # a plain store names no root keys, so nothing could vouch for a new root
-        raise RootRefused(RefusalReason.NO_ROOT, f"{path} holds release keys but no root")
-    return parse_root(data), data
-
-
-def apply_root_update(path: Path, new_data: bytes, now: datetime) -> int:
-    """Replace the root document at `path` with `new_data` if it is the valid next version;
-    the new root's version. Resending the current root is accepted and changes nothing.
-
-    Raises ota.errors.RootRefused (no_root when `path` holds a plain store, or why
-    `update_root` refused), OSError."""
-    from ota.root import update_root
-
-    current, current_data = _trusted_root(path)
-    if new_data == current_data:
-        return current.version
-    new = update_root(current, new_data, now)
-    write_atomic(Path(path), new.raw)
-    return new.version
-
-
-def apply_root_chain(path: Path, documents: Iterable[bytes], now: datetime) -> int:
-    """Step the root at `path` through `documents`, oldest first, writing each accepted one;
-    the version trusted at the end. Documents not newer than the trusted root are skipped, so
-    a resent or overlapping chain is harmless.
-
-    Raises ota.errors.RootRefused (no_root, or at the first document refused), OSError."""
-    from ota.root import parse_root, update_root
-
-    current, _ = _trusted_root(path)
-    for data in documents:
-        if parse_root(data).version <= current.version:
-            continue
-        current = update_root(current, data, now)
-        # each step is written at once: a later refusal keeps the progress made
-        write_atomic(Path(path), current.raw)
-    return current.version
+        return (json.dumps(data, sort_keys=True, indent=2) + "\n").encode("utf-8")

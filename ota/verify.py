@@ -7,7 +7,6 @@ writes file bytes only through the sink it is handed.
 from __future__ import annotations
 
 import hashlib
-import json
 import tarfile
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -15,11 +14,12 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
+from ota.canonical import check_strict_json, first_problem
 from ota.errors import BundleRefused
-from ota.errors import RefusalReason as R
 from ota.layout import FILES_PREFIX, MANIFEST_MEMBER, SIGNATURE_MEMBER, SignatureDocument
 from ota.manifest import FileEntry, Manifest
 from ota.trust import TrustStore
+from protocol.events import RefusalReason as R
 
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_SIGNATURE_BYTES = 64 << 10
@@ -123,7 +123,9 @@ def _check_signatures(manifest_bytes: bytes, sig_bytes: bytes, trust: TrustStore
     try:
         doc = SignatureDocument.model_validate_json(sig_bytes)
     except ValidationError as exc:
-        raise BundleRefused(R.MALFORMED_BUNDLE, f"{SIGNATURE_MEMBER}: {_first(exc)}") from exc
+        raise BundleRefused(
+            R.MALFORMED_BUNDLE, f"{SIGNATURE_MEMBER}: {first_problem(exc)}"
+        ) from exc
     if not doc.signatures:
         raise BundleRefused(R.UNSIGNED, "the signature list is empty")
     valid: set[str] = set()
@@ -142,38 +144,26 @@ def _check_signatures(manifest_bytes: bytes, sig_bytes: bytes, trust: TrustStore
     if len(valid) >= trust.threshold:
         return
     summary = f"{len(valid)} of {trust.threshold} required signatures valid"
-    if valid:
-        raise BundleRefused(R.THRESHOLD_NOT_MET, summary)
-    # nothing counted: name the most telling cause, a forged or altered manifest first
-    for reason, ids in ((R.BAD_SIGNATURE, bad), (R.REVOKED_KEY, revoked), (R.UNKNOWN_KEY, unknown)):
-        if ids:
-            raise BundleRefused(reason, f"{summary}; key {ids[0][:16]}...")
-    raise AssertionError("unreachable: a non-empty signature list was not classified")
+    if not valid:
+        # nothing counted: name the most telling cause, a forged or altered manifest first
+        for reason, ids in (
+            (R.BAD_SIGNATURE, bad),
+            (R.REVOKED_KEY, revoked),
+            (R.UNKNOWN_KEY, unknown),
+        ):
+            if ids:
+                raise BundleRefused(reason, f"{summary}; key {ids[0][:16]}...")
+    # some counted, but fewer than the threshold
+    raise BundleRefused(R.THRESHOLD_NOT_MET, summary)
 
 
 def _parse_manifest(raw: bytes) -> Manifest:
     try:
         # json first, to refuse what pydantic's parser would let through
-        json.loads(
-            raw.decode("utf-8"),
-            parse_constant=_refuse_constant,
-            object_pairs_hook=_refuse_duplicate_keys,
-        )
+        check_strict_json(raw)
         return Manifest.model_validate_json(raw, strict=True)
-    except (UnicodeDecodeError, ValueError) as exc:
-        detail = _first(exc) if isinstance(exc, ValidationError) else str(exc)
-        raise BundleRefused(R.MALFORMED_MANIFEST, detail) from exc
-
-
-def _refuse_constant(name: str) -> object:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("an object repeats a key")
-    return out
+    except ValueError as exc:
+        raise BundleRefused(R.MALFORMED_MANIFEST, first_problem(exc)) from exc
 
 
 def _check_manifest(
@@ -288,11 +278,3 @@ class _CappedReader:
         if self.count > self._cap:
             raise BundleRefused(R.TOO_LARGE, f"bundle exceeds {self._cap} bytes")
         return data
-
-
-def _first(exc: ValidationError | ValueError) -> str:
-    if isinstance(exc, ValidationError):
-        err = exc.errors()[0]
-        where = ".".join(str(part) for part in err["loc"]) or "document"
-        return f"{where}: {err['msg']}"
-    return str(exc)

@@ -18,7 +18,6 @@ from protocol.errors import (
     UnsupportedVersion,
 )
 from protocol.messages import (
-    UNSUPPORTED_VERSION_MARK,
     Ack,
     AgentMessage,
     Command,
@@ -55,12 +54,18 @@ def _check_size(payload: bytes | bytearray, limit: int) -> None:
         raise PayloadTooLarge(f"payload of {len(payload)} bytes exceeds the {limit} byte cap")
 
 
+# pydantic error types raised by the envelope's validators (protocol.messages.Envelope)
+_ERROR_TYPES: dict[str, type[ProtocolError]] = {
+    "unsupported_version": UnsupportedVersion,
+    "invalid_device_id": InvalidDeviceId,
+}
+
+
 def _translate(err: ValidationError) -> ProtocolError:
     for item in err.errors(include_url=False):
-        if item["loc"] and item["loc"][-1] == "v" and UNSUPPORTED_VERSION_MARK in item["msg"]:
-            return UnsupportedVersion(item["msg"].removeprefix("Value error, "))
-        if item["loc"] and item["loc"][-1] == "device":
-            return InvalidDeviceId(str(item["msg"]).removeprefix("Value error, "))
+        error_class = _ERROR_TYPES.get(item["type"])
+        if error_class is not None:
+            return error_class(item["msg"])
     first = err.errors(include_url=False)[0]
     where = ".".join(str(p) for p in first["loc"]) or "payload"
     return MalformedPayload(f"{where}: {first['msg']} ({err.error_count()} error(s))")

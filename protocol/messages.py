@@ -12,12 +12,14 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
+from protocol.errors import InvalidDeviceId
+from protocol.events import EventKind, EventLevel
 from protocol.topics import validate_device_id
 
 SCHEMA_MAJOR = 1
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.0"
-UNSUPPORTED_VERSION_MARK = "unsupported schema major version"
 
 Score = Annotated[float, Field(ge=0.0, le=1.0)]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -53,13 +55,25 @@ class Envelope(WireModel):
         if not (major.isdigit() and minor.isdigit()):
             raise ValueError("v must look like MAJOR.MINOR")
         if int(major) != SCHEMA_MAJOR:
-            raise ValueError(f"{UNSUPPORTED_VERSION_MARK} {major} (speaking {SCHEMA_MAJOR})")
+            # its own error type, so the codec tells it apart without reading the message
+            raise PydanticCustomError(
+                "unsupported_version",
+                "unsupported schema major version {major} (speaking {speaking})",
+                {"major": major, "speaking": SCHEMA_MAJOR},
+            )
         return value
 
-    @field_validator("device")
+    # before the type check, so a device that is not even a string is an invalid device id too
+    @field_validator("device", mode="before")
     @classmethod
-    def _device(cls, value: str) -> str:
-        return validate_device_id(value)
+    def _device(cls, value: object) -> str:
+        try:
+            return validate_device_id(value)
+        except InvalidDeviceId as exc:
+            # passed as a value, not as the template: the message holds braces of its own
+            raise PydanticCustomError(
+                "invalid_device_id", "{detail}", {"detail": str(exc)}
+            ) from exc
 
 
 # ---- agent → controller -------------------------------------------------------------------
@@ -181,21 +195,6 @@ class DetectionBatch(Envelope):
     detections: Annotated[tuple[Detection, ...], Field(max_length=1000)]
 
 
-EventKind = Literal[
-    "deploy_offered",
-    "downloading",
-    "chunk_request",
-    "verified",
-    "installing",
-    "probation",
-    "running",
-    "failed",
-    "rolled_back",
-    "error",
-    "log",
-]
-
-
 class ChunkRange(WireModel):
     """Chunks `start` to `end` inclusive."""
 
@@ -205,8 +204,9 @@ class ChunkRange(WireModel):
 
 class Event(Envelope):
     type: Literal["evt"] = "evt"
-    kind: EventKind
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    # not strict: a sender may give the plain value ("running"); anything else is still refused
+    kind: Annotated[EventKind, Field(strict=False)]
+    level: Annotated[EventLevel, Field(strict=False)] = EventLevel.INFO
     bundle: Digest | None = None
     cmd_id: ShortText | None = None
     reason: ShortText | None = None

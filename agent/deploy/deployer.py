@@ -2,9 +2,9 @@
 
 Runs on the agent's control thread only, so it needs no locks of its own. Every step is
 reported as an event with the bundle digest, so a deployment is never a black box. Offers in
-flight are written beside their chunks (`agent.pending`) and resumed after a restart; a
+flight are written beside their chunks (`agent.deploy.pending`) and resumed after a restart; a
 download that stops making progress is asked for again with backoff, then given up as
-`stalled`. Install, probation and revert are `agent.installer`'s job.
+`stalled`. Install, probation and revert are the injected `Installer`'s job.
 """
 
 from __future__ import annotations
@@ -13,23 +13,20 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from agent.deploy.faults import FaultPoint, no_fault
 from agent.deploy.http_download import DownloadUpdate, HttpDownloads
 from agent.deploy.installer import Installer
 from agent.deploy.pending import PendingOffer, drop_pending, load_pending, save_pending
-from agent.deploy.probation import HealthSource
+from agent.link.events import DeploymentRef, EventReporter
 from ota.install import InstalledBundle, SlotStore, StoreCorrupt
 from ota.transfer import ChunkAssembler, Offer, TransferError
 from protocol.codec import Chunk
+from protocol.events import EventKind, EventLevel, RefusalReason, TransferReason
 from protocol.messages import BundleOffer, ChunkRange, Deploy
 
 log = logging.getLogger(__name__)
-
-EmitEvent = Callable[..., None]
 
 
 @dataclass
@@ -43,6 +40,10 @@ class _Transfer:
     requests: int = 0
     reported_tenths: int = -1
 
+    @property
+    def ref(self) -> DeploymentRef:
+        return DeploymentRef(self.assembler.offer.digest, self.cmd_id)
+
 
 class DeviceDeployer:
     """Drives bundles from offer to running (or to a reported failure)."""
@@ -51,57 +52,37 @@ class DeviceDeployer:
         self,
         *,
         store: SlotStore,
+        installer: Installer,
         downloads: Path,
-        trust_file: Path,
         subscribe: Callable[[str], None],
         unsubscribe: Callable[[str], None],
-        emit: EmitEvent,
-        activate: Callable[[InstalledBundle], None],
-        profile: str | None = None,
+        events: EventReporter,
         request_timeout: float = 5.0,
         max_requests: int = 8,
-        health: HealthSource = lambda: None,
-        probation_s: float = 0.0,
-        max_probation_attempts: int = 3,
         fault: FaultPoint = no_fault,
-        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         self.store = store
+        self.installer = installer
         self.downloads = downloads
-        self.trust_file = trust_file
         self._subscribe = subscribe
         self._unsubscribe = unsubscribe
-        self._emit = emit
-        self.profile = profile
+        self._events = events
         self.request_timeout = request_timeout
         self.max_requests = max_requests
         self._fault = fault
-        self.installer = Installer(
-            store=store,
-            trust_file=trust_file,
-            emit=emit,
-            activate=activate,
-            health=health,
-            profile=profile,
-            probation_s=probation_s,
-            max_attempts=max_probation_attempts,
-            fault=fault,
-            clock=clock,
-        )
         self._transfers: dict[str, _Transfer] = {}
         self.http = HttpDownloads(downloads)
 
     def on_deploy(self, command: Deploy) -> None:
         offer = command.bundle
+        ref = DeploymentRef(offer.digest, command.id)
         current = self._current()
         if current is not None and current.digest == offer.digest:
             trial = self.installer.probation
             if trial is not None and trial.installed.digest == offer.digest:
-                self._emit("probation", bundle=offer.digest, cmd_id=command.id, message="on trial")
+                self._events.report(EventKind.PROBATION, ref, message="on trial")
             else:
-                self._emit(
-                    "running", bundle=offer.digest, cmd_id=command.id, message="already running"
-                )
+                self._events.report(EventKind.RUNNING, ref, message="already running")
             return
         if (offer.url or self.http.active(offer.digest)) and offer.digest not in self._transfers:
             self._deploy_over_http(command)
@@ -116,13 +97,12 @@ class DeviceDeployer:
                 Offer(offer.digest, offer.size, offer.chunk_size, offer.chunks),
             )
         except TransferError as exc:
-            self._emit(
-                "failed",
-                bundle=offer.digest,
-                cmd_id=command.id,
-                reason="bad_offer",
+            self._events.report(
+                EventKind.FAILED,
+                ref,
+                reason=TransferReason.BAD_OFFER,
+                level=EventLevel.ERROR,
                 message=str(exc),
-                level="error",
             )
             return
         pending = PendingOffer(
@@ -135,10 +115,9 @@ class DeviceDeployer:
             version=offer.version,
         )
         save_pending(self.downloads, pending)
-        self._emit(
-            "deploy_offered",
-            bundle=offer.digest,
-            cmd_id=command.id,
+        self._events.report(
+            EventKind.DEPLOY_OFFERED,
+            ref,
             message=f"{offer.name}@{offer.version}, {offer.size} bytes",
         )
         self._start_transfer(pending, assembler)
@@ -163,10 +142,9 @@ class DeviceDeployer:
             except TransferError:
                 drop_pending(self.downloads, pending.digest)
                 continue
-            self._emit(
-                "downloading",
-                bundle=pending.digest,
-                cmd_id=pending.cmd_id,
+            self._events.report(
+                EventKind.DOWNLOADING,
+                DeploymentRef(pending.digest, pending.cmd_id),
                 progress=assembler.received / pending.chunks,
                 message=f"resumed with {assembler.received} of {pending.chunks} chunks on disk",
             )
@@ -201,10 +179,9 @@ class DeviceDeployer:
         if tenths != transfer.reported_tenths:
             transfer.reported_tenths = tenths
             transfer.assembler.save_progress()
-            self._emit(
-                "downloading",
-                bundle=digest,
-                cmd_id=transfer.cmd_id,
+            self._events.report(
+                EventKind.DOWNLOADING,
+                transfer.ref,
                 progress=transfer.assembler.received / offer.chunks,
             )
         if transfer.assembler.complete:
@@ -224,13 +201,12 @@ class DeviceDeployer:
             if transfer.requests >= self.max_requests:
                 self._give_up(digest, waited)
                 continue
-            self._emit(
-                "downloading",
-                bundle=digest,
-                cmd_id=transfer.cmd_id,
+            self._events.report(
+                EventKind.DOWNLOADING,
+                transfer.ref,
                 progress=transfer.assembler.received / transfer.assembler.offer.chunks,
-                reason="stalled",
-                level="warning",
+                reason=TransferReason.STALLED,
+                level=EventLevel.WARNING,
                 message=f"no chunk for {waited:.1f} s, asking again "
                 f"({transfer.requests + 1} of {self.max_requests})",
             )
@@ -241,12 +217,11 @@ class DeviceDeployer:
         self._unsubscribe(digest)
         # the chunks stay on disk: a later offer of the same bundle starts from them
         drop_pending(self.downloads, digest)
-        self._emit(
-            "failed",
-            bundle=digest,
-            cmd_id=transfer.cmd_id,
-            reason="stalled",
-            level="error",
+        self._events.report(
+            EventKind.FAILED,
+            transfer.ref,
+            reason=TransferReason.STALLED,
+            level=EventLevel.ERROR,
             message=f"{transfer.assembler.received} of {transfer.assembler.offer.chunks} chunks; "
             f"{transfer.requests} requests brought nothing for {waited:.1f} s",
         )
@@ -269,10 +244,9 @@ class DeviceDeployer:
                 url=offer.url,
             ),
         )
-        self._emit(
-            "deploy_offered",
-            bundle=offer.digest,
-            cmd_id=command.id,
+        self._events.report(
+            EventKind.DEPLOY_OFFERED,
+            DeploymentRef(offer.digest, command.id),
             message=f"{offer.name}@{offer.version}, {offer.size} bytes over HTTP",
         )
 
@@ -287,37 +261,38 @@ class DeviceDeployer:
             url=pending.url,
         )
         if self.http.start(offer, pending.cmd_id):
-            self._emit(
-                "downloading",
-                bundle=pending.digest,
-                cmd_id=pending.cmd_id,
+            self._events.report(
+                EventKind.DOWNLOADING,
+                DeploymentRef(pending.digest, pending.cmd_id),
                 message="resumed over HTTP",
             )
 
     def _on_http_update(self, update: DownloadUpdate) -> None:
         """Report an HTTP download's progress; a finished file goes through `install`."""
-        fields: dict[str, Any] = {"bundle": update.digest, "cmd_id": update.cmd_id or None}
+        ref = DeploymentRef(update.digest, update.cmd_id or None)
         if update.kind == "progress":
-            self._emit("downloading", progress=update.progress, **fields)
+            self._events.report(EventKind.DOWNLOADING, ref, progress=update.progress)
         elif update.kind == "retrying":
-            self._emit(
-                "downloading",
+            self._events.report(
+                EventKind.DOWNLOADING,
+                ref,
                 reason=update.reason,
+                level=EventLevel.WARNING,
                 message=update.message,
-                level="warning",
-                **fields,
             )
         elif update.kind == "failed":
             # given up: a later offer starts again from the .part file, a restart does not
             drop_pending(self.downloads, update.digest)
-            self._emit(
-                "failed", reason=update.reason, message=update.message, level="error", **fields
+            self._events.report(
+                EventKind.FAILED,
+                ref,
+                reason=update.reason,
+                level=EventLevel.ERROR,
+                message=update.message,
             )
         elif update.path is not None:
             try:
-                staged = self.installer.stage(
-                    update.path, digest=update.digest, cmd_id=fields["cmd_id"]
-                )
+                staged = self.installer.stage(update.path, ref)
             finally:
                 # as for MQTT: a bundle that crashes in probation must not be re-installed
                 # from a leftover download at the next start
@@ -332,10 +307,9 @@ class DeviceDeployer:
         transfer.last_progress = time.monotonic()
         missing = tuple(ChunkRange(start=a, end=b) for a, b in transfer.assembler.missing_ranges())
         if missing:
-            self._emit(
-                "chunk_request",
-                bundle=digest,
-                cmd_id=transfer.cmd_id,
+            self._events.report(
+                EventKind.CHUNK_REQUEST,
+                transfer.ref,
                 missing=missing,
                 message=f"attempt {transfer.requests}",
             )
@@ -343,22 +317,21 @@ class DeviceDeployer:
     def _finish(self, digest: str) -> None:
         transfer = self._transfers.pop(digest)
         self._unsubscribe(digest)
-        cmd_id = transfer.cmd_id
+        ref = transfer.ref
         try:
             path = transfer.assembler.finish()
         except TransferError as exc:
             drop_pending(self.downloads, digest)
-            self._emit(
-                "failed",
-                bundle=digest,
-                cmd_id=cmd_id,
-                reason="hash_mismatch",
+            self._events.report(
+                EventKind.FAILED,
+                ref,
+                reason=RefusalReason.HASH_MISMATCH,
+                level=EventLevel.ERROR,
                 message=str(exc),
-                level="error",
             )
             return
         try:
-            staged = self.installer.stage(path, digest=digest, cmd_id=cmd_id)
+            staged = self.installer.stage(path, ref)
         finally:
             # in the slot or refused: either way the download is done, and is not resumed if
             # the probation below crashes the agent

@@ -19,6 +19,7 @@ from typing import Literal
 import httpx
 
 from ota.http_fetch import FetchCancelled, FetchError, RetryPolicy, Wanted, fetch_bundle
+from protocol.events import Reason, TransferReason
 from protocol.messages import BundleOffer
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class DownloadUpdate:
     kind: UpdateKind
     progress: float | None = None
     path: Path | None = None
-    reason: str | None = None
+    reason: Reason | None = None
     message: str = ""
 
 
@@ -169,7 +170,7 @@ class HttpDownloads:
             return
         except Exception as exc:  # disk full and the like: report, never die silently
             log.exception("event=download_crashed bundle=%s", digest[:12])
-            self._put(digest, "failed", reason="download_failed", message=repr(exc))
+            self._put(digest, "failed", reason=TransferReason.DOWNLOAD_FAILED, message=repr(exc))
             return
         self._put(digest, "done", path=path)
 
@@ -180,7 +181,7 @@ class HttpDownloads:
         *,
         progress: float | None = None,
         path: Path | None = None,
-        reason: str | None = None,
+        reason: Reason | None = None,
         message: str = "",
     ) -> None:
         running = self._running.get(digest)

@@ -14,19 +14,17 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from agent.deploy.faults import FaultPoint, no_fault
 from agent.deploy.loader import ModelLoadFailed
 from agent.deploy.probation import HealthSource, Probation
+from agent.link.events import NO_DEPLOYMENT, DeploymentRef, EventReporter
 from ota.errors import BundleRefused
 from ota.install import InstalledBundle, SlotStore, StoreCorrupt
-from ota.trust import TrustStore
+from ota.trust_file import load_trust_store
+from protocol.events import EventKind, EventLevel, InstallReason, Reason
 
 log = logging.getLogger(__name__)
-
-EmitEvent = Callable[..., None]
-Fields = dict[str, Any]
 
 
 def _label(bundle: InstalledBundle) -> str:
@@ -41,7 +39,7 @@ class Installer:
         *,
         store: SlotStore,
         trust_file: Path,
-        emit: EmitEvent,
+        events: EventReporter,
         activate: Callable[[InstalledBundle], None],
         health: HealthSource = lambda: None,
         profile: str | None = None,
@@ -53,7 +51,7 @@ class Installer:
     ) -> None:
         self.store = store
         self.trust_file = trust_file
-        self._emit = emit
+        self._events = events
         self._activate = activate
         self._health = health
         self.profile = profile
@@ -66,83 +64,73 @@ class Installer:
 
     def install(self, path: Path, *, digest: str | None = None, cmd_id: str | None = None) -> bool:
         """Verify and install a bundle file, then start its probation; False on failure."""
-        staged = self.stage(path, digest=digest, cmd_id=cmd_id)
+        staged = self.stage(path, DeploymentRef(digest, cmd_id))
         return staged is not None and self.begin(*staged)
 
     def stage(
-        self, path: Path, *, digest: str | None = None, cmd_id: str | None = None
-    ) -> tuple[InstalledBundle, Fields] | None:
-        """Verify `path` into the idle slot and switch the pointer to it (on probation);
-        None (reported) if it is refused."""
-        fields: Fields = {"bundle": digest, "cmd_id": cmd_id}
+        self, path: Path, ref: DeploymentRef = NO_DEPLOYMENT
+    ) -> tuple[InstalledBundle, DeploymentRef] | None:
+        """Verify `path` into the idle slot and switch the pointer to it (on probation); None
+        (reported) if it is refused. The returned ref names the bundle by its verified digest."""
         try:
-            trust = TrustStore.load(self.trust_file)
+            trust = load_trust_store(self.trust_file)
         except (OSError, ValueError) as exc:
-            self._emit(
-                "failed",
-                reason="no_trust_store",
-                level="error",
-                message=f"cannot read trust store {self.trust_file}: {exc}",
-                **fields,
-            )
+            message = f"cannot read trust store {self.trust_file}: {exc}"
+            self._failed(ref, InstallReason.NO_TRUST_STORE, message)
             return None
         trial = self.probation
-        self._emit("installing", **fields)
+        self._events.report(EventKind.INSTALLING, ref)
         try:
             installed = self.store.install(
                 path, trust, self._clock(), self.profile, on_stage=self._fault
             )
         except BundleRefused as exc:
-            log.warning("event=bundle_refused reason=%s detail=%r", exc.reason.value, exc.detail)
-            self._emit(
-                "failed", reason=exc.reason.value, message=exc.detail, level="error", **fields
-            )
+            log.warning("event=bundle_refused reason=%s detail=%r", exc.reason, exc.detail)
+            self._failed(ref, exc.reason, exc.detail)
             pointer = self.store.pointer()
             if trial is not None and (pointer is None or pointer.digest != trial.installed.digest):
                 # the store went back to the committed fallback to make room: so do we
-                self._end_trial(trial, "superseded", "a newer bundle arrived, and was refused")
+                self._end_trial(trial, "a newer bundle arrived, and was refused")
                 self._load_current()
             return None
         except (StoreCorrupt, OSError) as exc:
             # a full disk or a broken store; the pointer moves last, so the old bundle stays
             log.error("event=install_error error=%r", str(exc))
-            self._emit("failed", reason="install_error", message=str(exc), level="error", **fields)
+            self._failed(ref, InstallReason.INSTALL_ERROR, str(exc))
             return None
         if trial is not None:
-            self._end_trial(trial, "superseded", "a newer bundle arrived during probation")
-        fields["bundle"] = installed.digest
-        self._emit("verified", message=_label(installed), **fields)
-        return installed, fields
+            self._end_trial(trial, "a newer bundle arrived during probation")
+        ref = ref.with_bundle(installed.digest)
+        self._events.report(EventKind.VERIFIED, ref, message=_label(installed))
+        return installed, ref
 
-    def begin(self, installed: InstalledBundle, fields: Fields) -> bool:
+    def begin(self, installed: InstalledBundle, ref: DeploymentRef) -> bool:
         """Count one start of `installed` on probation, load it and open the window; False
         (reported, reverted) if it crashed too often or does not load."""
         try:
             attempt = self.store.begin_attempt()  # on disk before the load that may crash us
         except (StoreCorrupt, OSError) as exc:
-            self._emit("failed", reason="install_error", message=str(exc), level="error", **fields)
+            self._failed(ref, InstallReason.INSTALL_ERROR, str(exc))
             return False
         if attempt > self.max_attempts:
             message = f"the agent stopped {attempt - 1} times with {_label(installed)} on trial"
-            self._emit(
-                "failed", reason="probation_crashes", message=message, level="error", **fields
-            )
-            self._revert(fields, "probation_crashes", forget=True)
+            self._failed(ref, InstallReason.PROBATION_CRASHES, message)
+            self._revert(ref, InstallReason.PROBATION_CRASHES, forget=True)
             return False
-        self._emit(
-            "probation",
+        self._events.report(
+            EventKind.PROBATION,
+            ref,
             message=f"attempt {attempt} of {self.max_attempts}, {self.probation_s:g} s window",
-            **fields,
         )
         try:
             self._activate(installed)
         except ModelLoadFailed as exc:
-            self._emit("failed", reason=exc.reason, message=exc.detail, level="error", **fields)
-            self._revert(fields, exc.reason)
+            self._failed(ref, exc.reason, exc.detail)
+            self._revert(ref, exc.reason)
             return False
         self._fault("probation")
         self.probation = Probation(
-            installed, fields, attempt, deadline=self.monotonic() + self.probation_s
+            installed, ref, attempt, deadline=self.monotonic() + self.probation_s
         )
         if self.probation_s <= 0:
             self._commit(self.probation, "no probation window")
@@ -158,14 +146,10 @@ class Installer:
             self._commit(trial, judgement.detail)
         elif judgement.verdict == "failed":
             self.probation = None
-            self._emit(
-                "failed",
-                reason=judgement.reason,
-                message=judgement.detail,
-                level="error",
-                **trial.fields,
-            )
-            self._revert(trial.fields, judgement.reason)
+            # a failed verdict always names its reason; the fallback only satisfies the type
+            reason = judgement.reason or InstallReason.NOT_ACTIVE
+            self._failed(trial.ref, reason, judgement.detail)
+            self._revert(trial.ref, reason)
 
     def restore(self) -> None:
         """Start on what the store says: committed, still on probation (one more attempt), or
@@ -175,42 +159,57 @@ class Installer:
             installed = self.store.current()
         except (StoreCorrupt, OSError) as exc:
             log.error("event=store_unreadable error=%r", str(exc))
-            self._revert({"bundle": None, "cmd_id": None}, "store_corrupt")
+            self._revert(NO_DEPLOYMENT, InstallReason.STORE_CORRUPT)
             return
         if pointer is None or installed is None:
             return
-        fields: Fields = {"bundle": installed.digest, "cmd_id": None}
+        ref = DeploymentRef(installed.digest)
         if pointer.state == "probation":
-            self.begin(installed, fields)
+            self.begin(installed, ref)
             return
         try:
             self._activate(installed)
         except ModelLoadFailed as exc:
             log.error("event=restore_failed reason=%s detail=%r", exc.reason, exc.detail)
-            self._emit("failed", reason=exc.reason, message=exc.detail, level="error", **fields)
-            self._revert(fields, exc.reason)
+            self._failed(ref, exc.reason, exc.detail)
+            self._revert(ref, exc.reason)
 
     def rollback(self, cmd_id: str | None = None) -> bool:
         """Switch back to the previous slot on request; False if there is none that is intact."""
         current = self._current()
         self.probation = None
         bundle = current.digest if current is not None else None
-        return self._revert({"cmd_id": cmd_id, "bundle": bundle}, "requested")
+        return self._revert(DeploymentRef(bundle, cmd_id), InstallReason.ROLLBACK_REQUESTED)
 
-    def _end_trial(self, trial: Probation, reason: str, message: str) -> None:
+    def _failed(self, ref: DeploymentRef, reason: Reason, message: str) -> None:
+        self._events.report(
+            EventKind.FAILED, ref, reason=reason, level=EventLevel.ERROR, message=message
+        )
+
+    def _end_trial(self, trial: Probation, message: str) -> None:
         self.probation = None
-        self._emit("failed", reason=reason, level="warning", message=message, **trial.fields)
+        self._events.report(
+            EventKind.FAILED,
+            trial.ref,
+            reason=InstallReason.SUPERSEDED,
+            level=EventLevel.WARNING,
+            message=message,
+        )
 
     def _commit(self, trial: Probation, detail: str) -> None:
         self.probation = None
         try:
             self.store.commit(trial.installed.digest)
         except (StoreCorrupt, OSError) as exc:
-            self._emit("error", reason="commit_failed", message=str(exc), **trial.fields)
+            self._events.report(
+                EventKind.ERROR, trial.ref, reason=InstallReason.COMMIT_FAILED, message=str(exc)
+            )
             return
-        self._emit("running", message=f"{_label(trial.installed)}: {detail}", **trial.fields)
+        self._events.report(
+            EventKind.RUNNING, trial.ref, message=f"{_label(trial.installed)}: {detail}"
+        )
 
-    def _revert(self, fields: Fields, reason: str, *, forget: bool = False) -> bool:
+    def _revert(self, ref: DeploymentRef, reason: Reason, *, forget: bool = False) -> bool:
         """Back to the other slot; `forget` clears the pointer when there is none, so a bundle
         that keeps crashing the agent is not started again. The rolled_back event names the
         bundle that was left."""
@@ -218,24 +217,26 @@ class Installer:
         if previous is None:
             if forget:
                 self.store.clear()
-            self._emit(
-                "error",
-                reason="no_previous_bundle",
-                level="warning",
+            self._events.report(
+                EventKind.ERROR,
+                ref,
+                reason=InstallReason.NO_PREVIOUS_BUNDLE,
+                level=EventLevel.WARNING,
                 message="nothing intact to roll back to",
-                **fields,
             )
             return False
         try:
             self._activate(previous)
         except ModelLoadFailed as exc:
-            self._emit("error", reason=exc.reason, message=exc.detail, level="error", **fields)
+            self._events.report(
+                EventKind.ERROR, ref, reason=exc.reason, level=EventLevel.ERROR, message=exc.detail
+            )
             return False
-        self._emit(
-            "rolled_back",
+        self._events.report(
+            EventKind.ROLLED_BACK,
+            ref,
             reason=reason,
             message=f"back on {_label(previous)} ({previous.digest[:12]})",
-            **fields,
         )
         return True
 
@@ -246,7 +247,9 @@ class Installer:
         try:
             self._activate(current)
         except ModelLoadFailed as exc:
-            self._emit("error", reason=exc.reason, message=exc.detail, level="error")
+            self._events.report(
+                EventKind.ERROR, reason=exc.reason, level=EventLevel.ERROR, message=exc.detail
+            )
 
     def _current(self) -> InstalledBundle | None:
         try:

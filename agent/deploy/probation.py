@@ -13,8 +13,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from agent.link.events import DeploymentRef
 from agent.pipeline.workers import FrameDetector
 from ota.install import InstalledBundle
+from protocol.events import InstallReason
 
 
 @dataclass(frozen=True)
@@ -59,33 +61,37 @@ Verdict = Literal["pending", "passed", "failed"]
 @dataclass(frozen=True)
 class Judgement:
     verdict: Verdict
-    reason: str = ""
+    reason: InstallReason | None = None  # set when the verdict is "failed"
     detail: str = ""
 
 
 @dataclass
 class Probation:
-    """One bundle on probation, with the event fields its reports carry."""
+    """One bundle on probation, and the deployment its reports belong to."""
 
     installed: InstalledBundle
-    fields: dict[str, Any]
+    ref: DeploymentRef
     attempt: int
     deadline: float
 
     def judge(self, health: ModelHealth | None, now: float) -> Judgement:
         """Passed, failed (with a reason code) or still pending at monotonic time `now`."""
         if health is None or health.digest != self.installed.digest:
-            return Judgement("failed", "not_active", "the pipeline no longer runs this bundle")
+            return Judgement(
+                "failed", InstallReason.NOT_ACTIVE, "the pipeline no longer runs this bundle"
+            )
         if health.errors:
             return Judgement(
                 "failed",
-                "inference_errors",
+                InstallReason.INFERENCE_ERRORS,
                 f"{health.errors} inference(s) raised; last: {health.last_error}",
             )
         if now < self.deadline:
             return Judgement("pending")
         if health.cameras and not health.frames:
             return Judgement(
-                "failed", "no_frames", "no frame was processed during the probation window"
+                "failed",
+                InstallReason.NO_FRAMES,
+                "no frame was processed during the probation window",
             )
         return Judgement("passed", detail=f"{health.frames} frames, no errors")

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ota.errors import RootRefused
-from ota.trust import apply_root_chain
+from ota.trust_file import apply_root_chain
 from protocol.messages import TrustUpdate
 
 log = logging.getLogger(__name__)

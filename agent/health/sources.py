@@ -130,16 +130,18 @@ def first_line(argv: Sequence[str], timeout: float) -> str:
         )
     except (FileNotFoundError, PermissionError):
         raise HealthSourceError(f"{argv[0]} not found") from None
-    assert proc.stdout is not None
-    try:
-        with selectors.DefaultSelector() as selector:
-            selector.register(proc.stdout, selectors.EVENT_READ)
-            if not selector.select(timeout):
-                raise HealthSourceError(f"{argv[0]} printed nothing within {timeout:.1f}s")
-            line = proc.stdout.readline()
-    finally:
-        proc.kill()
-        proc.wait()
+    with proc:  # closes the pipe and reaps the tool, whichever way this ends
+        try:
+            stdout = proc.stdout
+            if stdout is None:  # never with stdout=PIPE; checked rather than assumed
+                raise HealthSourceError(f"{argv[0]} gave no output pipe")
+            with selectors.DefaultSelector() as selector:
+                selector.register(stdout, selectors.EVENT_READ)
+                if not selector.select(timeout):
+                    raise HealthSourceError(f"{argv[0]} printed nothing within {timeout:.1f}s")
+                line = stdout.readline()
+        finally:
+            proc.kill()
     if not line.strip():
         raise HealthSourceError(f"{argv[0]} exited without output")
     return line

@@ -1,3 +1,3 @@
-"""Everything that leaves the device: the MQTT session, the on-disk outbox, detection batches and
-snapshot delivery.
+"""Everything that leaves the device: the MQTT session and its settings, deployment events, the
+on-disk outbox, detection batches and snapshot delivery.
 """

@@ -11,18 +11,30 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import BaseModel, ConfigDict, Field
 
-from agent.settings import AgentSettings
 from protocol.codec import decode_chunk, decode_command, encode
 from protocol.errors import ProtocolError
 from protocol.messages import Command, State
-from protocol.topics import Topics
+from protocol.topics import DEFAULT_PREFIX, Topics
 
 log = logging.getLogger(__name__)
+
+
+class MqttSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="broker host")
+    port: Annotated[int, Field(gt=0, lt=65536)] = Field(1883, description="broker port")
+    username: str | None = Field(None, description="broker user name (per-device credentials)")
+    password: str | None = Field(None, description="broker password")
+    prefix: str = Field(DEFAULT_PREFIX, description="topic prefix shared with the controller")
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = Field(30, description="seconds")
+    max_inflight: Annotated[int, Field(ge=1, le=1000)] = Field(20, description="QoS 1 window")
 
 
 @dataclass(frozen=True)
@@ -37,10 +49,10 @@ class Inbound:
 class AgentSession:
     """Owns the paho client; everything it receives goes to `inbox`."""
 
-    def __init__(self, settings: AgentSettings, state: Callable[[], State]) -> None:
-        self.settings = settings
-        self.topics = Topics(settings.mqtt.prefix)
-        self.device_id = settings.device_id
+    def __init__(self, broker: MqttSettings, device_id: str, state: Callable[[], State]) -> None:
+        self.broker = broker
+        self.topics = Topics(broker.prefix)
+        self.device_id = device_id
         self.inbox: queue.Queue[Inbound] = queue.Queue(maxsize=10_000)
         self._state = state
         self._bundle_subs: set[str] = set()
@@ -54,15 +66,15 @@ class AgentSession:
             client_id=f"edgefleet-agent-{self.device_id}",
             clean_session=False,
         )
-        if settings.mqtt.username:
-            client.username_pw_set(settings.mqtt.username, settings.mqtt.password)
+        if broker.username:
+            client.username_pw_set(broker.username, broker.password)
         client.will_set(
             self.topics.state(self.device_id),
             encode(State(device=self.device_id, status="offline")),
             qos=1,
             retain=True,
         )
-        client.max_inflight_messages_set(settings.mqtt.max_inflight)
+        client.max_inflight_messages_set(broker.max_inflight)
         # unbounded here: the outbox pump caps what it hands paho at its own in-flight window
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -79,9 +91,7 @@ class AgentSession:
         return max(0, self.connects - 1)
 
     def start(self) -> None:
-        self.client.connect_async(
-            self.settings.mqtt.host, self.settings.mqtt.port, self.settings.mqtt.keepalive
-        )
+        self.client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive)
         self.client.loop_start()
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -1,20 +1,15 @@
-"""Telemetry out of the agent: track-event batches (into the outbox) and health messages."""
+"""Detections out of the agent: track events from every camera, batched into the outbox."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from agent.health.system import SystemSample
 from agent.pipeline.tracker import TrackEvent
 from agent.pipeline.workers import ActiveModel
 from protocol.codec import encode
-from protocol.messages import Box, CameraHealth, Detection, DetectionBatch, Health
-
-if TYPE_CHECKING:
-    from agent.daemon import Agent
+from protocol.messages import Box, Detection, DetectionBatch
 
 
 def _unit(value: float) -> float:
@@ -101,47 +96,4 @@ def detection_of(camera: str, event: TrackEvent) -> Detection:
         score=_unit(score),
         box=Box(x1=_unit(box[0]), y1=_unit(box[1]), x2=_unit(box[2]), y2=_unit(box[3])),
         ts=event.ts,
-    )
-
-
-def health_message(agent: Agent, sample: SystemSample) -> Health:
-    """Assemble one health message from a system sample and the pipeline's counters."""
-    cameras = []
-    for worker in agent.pipeline.workers:
-        c = worker.counters
-        st = worker.stages
-        fps_in, fps_processed = c.rates()
-        processed = max(1, c.frames_processed)
-        cameras.append(
-            CameraHealth(
-                camera=worker.camera.id,
-                connected=c.connected,
-                fps_in=fps_in,
-                fps_processed=fps_processed,
-                frames_in=c.frames_in,
-                frames_processed=c.frames_processed,
-                frames_skipped=worker.frames_skipped,
-                skipped_busy=st.skipped_busy,
-                skipped_motion=st.skipped_motion,
-                inference_ms=c.inference_ms_total / processed,
-                latency_ms=c.latency_ms_total / processed,
-                reconnects=c.reconnects,
-                last_error=c.last_error[:256],
-                since=c.since,
-            )
-        )
-    return Health(
-        device=agent.device_id,
-        uptime_s=agent.uptime.seconds(),
-        cpu_percent=sample.cpu_percent,
-        load1=sample.load1,
-        mem_used_mb=sample.mem_used_mb,
-        mem_total_mb=sample.mem_total_mb,
-        disk_free_mb=sample.disk_free_mb,
-        temperatures_c=sample.temperatures_c,
-        cameras=tuple(cameras),
-        outbox_depth=agent.outbox.depth,
-        outbox_dropped=agent.outbox.dropped,
-        mqtt_reconnects=agent.session.reconnects,
-        unavailable=sample.unavailable,
     )

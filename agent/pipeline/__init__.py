@@ -1,3 +1,3 @@
-"""Agent pipeline: camera sources, per-camera workers, motion gating, filters, the tracker and the
-best-frame snapshot keeper.
+"""Agent pipeline: camera settings and sources, per-camera workers, motion gating, filters, the
+tracker and the best-frame snapshot keeper.
 """

@@ -58,10 +58,13 @@ class MotionGate:
             return True
         grey = self._small_grey(frame_bgr)
         ref = self._reference
-        due = ref is None or ref.shape != grey.shape
-        due = due or now - self._inferred_at >= self.settings.max_idle_s
-        if not due:
-            assert ref is not None
+        if (
+            ref is None
+            or ref.shape != grey.shape
+            or now - self._inferred_at >= self.settings.max_idle_s
+        ):
+            due = True
+        else:
             moved = cv2.absdiff(grey, ref) > self.settings.pixel_delta
             due = float(np.count_nonzero(moved)) >= self.settings.min_changed * moved.size
         if due:

@@ -14,7 +14,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from agent.settings import CameraSettings
+from agent.pipeline.settings import CameraSettings
 
 log = logging.getLogger(__name__)
 

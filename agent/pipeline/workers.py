@@ -22,10 +22,10 @@ import numpy as np
 
 from agent.pipeline.filters import DetectionFilter
 from agent.pipeline.motion import MotionGate
+from agent.pipeline.settings import CameraSettings
 from agent.pipeline.snapshots import SnapshotKeeper
 from agent.pipeline.sources import CameraCounters, FrameGrabber
 from agent.pipeline.tracker import IouTracker, Observation, TrackEvent
-from agent.settings import CameraSettings
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """The runtime plugin interface: one module per inference runtime, found by key.
 
-A runtime module `agent.runtimes.<key>` defines one `Runtime` subclass whose `KEY` is `<key>`.
+A runtime module `agent.runtimes.<key>` defines one `Runtime` subclass whose `KEY` is `<key>`,
+one of protocol.events.RuntimeKey.
 Modules are imported only when asked for, and a runtime whose vendor package is missing is
 logged and reported as unavailable instead of stopping the agent.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 import abc
 import importlib
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +19,9 @@ from typing import ClassVar, TypeVar
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from protocol.events import RuntimeKey
 
-_KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+logger = logging.getLogger(__name__)
 
 # the device a plain CPU runtime runs on, in the spelling device profiles use
 CPU_DEVICE = "CPU"
@@ -198,8 +198,8 @@ def load_runtime_class(key: str) -> type[Runtime] | None:
     """Import `agent.runtimes.<key>` and return its Runtime class.
 
     Returns None (and logs why) when the module or a package it imports is missing.
-    Raises ValueError for a malformed key and LookupError when the module defines no runtime
-    with that key (a programming error, not a device condition).
+    Raises ValueError for a key that is not a RuntimeKey and LookupError when the module defines
+    no runtime with that key (both programming errors, not device conditions).
     """
     runtime_class, _ = _import_runtime(key)
     return runtime_class
@@ -221,20 +221,24 @@ def probe_runtime(key: str) -> RuntimeProbe:
 
 
 def _import_runtime(key: str) -> tuple[type[Runtime] | None, str]:
-    if not _KEY_RE.match(key):
-        raise ValueError(f"malformed runtime key {key!r}")
-    module_name = f"{__package__}.{key}"
+    try:
+        # only the keys both sides know name a module: nothing else is imported from here
+        name = RuntimeKey(key).value
+    except ValueError:
+        known = ", ".join(k.value for k in RuntimeKey)
+        raise ValueError(f"unknown runtime key {key!r:.40}; runtimes are {known}") from None
+    module_name = f"{__package__}.{name}"
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         missing = getattr(exc, "name", None)
         if missing == module_name:
             # no plugin of that name in this agent: a fact about the build, not a fault
-            logger.info("runtime_not_included key=%s", key)
-            return None, f"this agent has no {key!r} runtime plugin"
+            logger.info("runtime_not_included key=%s", name)
+            return None, f"this agent has no {name!r} runtime plugin"
         logger.warning(
             "runtime_import_failed key=%s module=%s missing=%s error=%s",
-            key,
+            name,
             module_name,
             missing,
             exc,
@@ -245,8 +249,8 @@ def _import_runtime(key: str) -> tuple[type[Runtime] | None, str]:
             isinstance(value, type)
             and issubclass(value, Runtime)
             and value is not Runtime
-            and getattr(value, "KEY", None) == key
+            and getattr(value, "KEY", None) == name
             and not getattr(value, "__abstractmethods__", None)
         ):
             return value, ""
-    raise LookupError(f"module {module_name} defines no Runtime with KEY {key!r}")
+    raise LookupError(f"module {module_name} defines no Runtime with KEY {name!r}")

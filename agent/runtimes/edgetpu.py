@@ -17,14 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.runtimes._shared import TFLiteRuntime, import_interpreter
 from agent.runtimes.base import (
     ModelLoadError,
     RuntimeOptions,
     RuntimeProbe,
     RuntimeUnavailableError,
 )
-from agent.runtimes.litert import LiteRTRuntime, _import_interpreter
 from device_profiles.probe import probe_hardware
+from protocol.events import RuntimeKey
 
 EDGETPU_DEVICE = "EDGETPU"
 LIBRARY_NAMES = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib"}
@@ -72,7 +73,7 @@ def probe_environment(env: EdgeTPUEnvironment) -> RuntimeProbe:
         source = "pycoral (Coral repository)"
     else:
         try:
-            _, source = _import_interpreter()
+            _, source = import_interpreter()
         except RuntimeUnavailableError as exc:
             return RuntimeProbe(key, False, f"no pycoral and {exc}")
     library = library_name()
@@ -116,10 +117,10 @@ def check_compiled(model_path: Path) -> None:
         )
 
 
-class EdgeTPURuntime(LiteRTRuntime):
+class EdgeTPURuntime(TFLiteRuntime):
     """A TFLite interpreter whose compiled part runs on the Edge TPU."""
 
-    KEY = "edgetpu"
+    KEY = RuntimeKey.EDGETPU
 
     def __init__(
         self, *, num_threads: int | None = None, env: EdgeTPUEnvironment | None = None
@@ -153,7 +154,7 @@ class EdgeTPURuntime(LiteRTRuntime):
         try:
             if pycoral is not None:
                 return pycoral.make_interpreter(str(model_path)), "pycoral"
-            interpreter_class, source = _import_interpreter()
+            interpreter_class, source = import_interpreter()
             module = importlib.import_module(interpreter_class.__module__)
             try:
                 delegate = module.load_delegate(library)

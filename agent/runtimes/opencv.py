@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.runtimes._shared import ModelFormatError, graph_inputs, natural_key
 from agent.runtimes.base import (
     InferenceError,
     ModelLoadError,
@@ -24,7 +25,7 @@ from agent.runtimes.base import (
     RuntimeUnavailableError,
     TensorDetails,
 )
-from agent.runtimes.onnx import ModelFormatError, graph_inputs, natural_key
+from protocol.events import RuntimeKey
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def tflite_supported(cv2: Any) -> bool:
 class OpenCVRuntime(Runtime):
     """A `cv2.dnn` network on the CPU."""
 
-    KEY = "opencv"
+    KEY = RuntimeKey.OPENCV
 
     def __init__(self, *, num_threads: int | None = None) -> None:
         super().__init__(num_threads=num_threads)

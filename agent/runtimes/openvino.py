@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.runtimes._shared import natural_key
 from agent.runtimes.base import (
     InferenceError,
     ModelLoadError,
@@ -29,7 +30,7 @@ from agent.runtimes.base import (
     RuntimeUnavailableError,
     TensorDetails,
 )
-from agent.runtimes.onnx import natural_key
+from protocol.events import RuntimeKey
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def _shape(partial: Any) -> tuple[int, ...]:
 class OpenVINORuntime(Runtime):
     """An OpenVINO compiled model with one reused infer request."""
 
-    KEY = "openvino"
+    KEY = RuntimeKey.OPENVINO
 
     def __init__(
         self,

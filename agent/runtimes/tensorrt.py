@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from agent.runtimes._shared import ModelFormatError, natural_key, with_input_shape
 from agent.runtimes.base import (
     InferenceError,
     ModelLoadError,
@@ -30,7 +31,7 @@ from agent.runtimes.base import (
     TensorDetails,
 )
 from agent.runtimes.cuda_buffers import CudaBackend, find_cuda, open_backend
-from agent.runtimes.onnx import ModelFormatError, natural_key, with_input_shape
+from protocol.events import RuntimeKey
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def _calibrator(trt: Any, cache: bytes) -> Any:
 class TensorRTRuntime(Runtime):
     """A TensorRT engine on GPU 0, built from ONNX on first load and cached."""
 
-    KEY = "tensorrt"
+    KEY = RuntimeKey.TENSORRT
 
     def __init__(
         self,
@@ -245,7 +246,7 @@ class TensorRTRuntime(Runtime):
         self._trt, self._cuda, self._engine, self._context = trt, cuda, engine, context
         self._api = api
         self.engine_path = path
-        self._allocate(input_shape)
+        self._allocate(cuda, input_shape)
 
     def _build(
         self, trt: Any, trt_logger: Any, api: Api, onnx: bytes, calibration: bytes | None
@@ -301,9 +302,7 @@ class TensorRTRuntime(Runtime):
             for i in range(engine.num_bindings)
         ]
 
-    def _allocate(self, input_shape: Sequence[int] | None) -> None:
-        cuda = self._cuda
-        assert cuda is not None
+    def _allocate(self, cuda: CudaBackend, input_shape: Sequence[int] | None) -> None:
         io = self._io()
         inputs = [t for t in io if t[1]]
         if len(inputs) != 1:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -19,8 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db import Bundle
 from controller.mqtt.records import idempotent_insert
+from ota.digest import file_digest
 from ota.manifest import Manifest
-from ota.trust import TrustStore
+from ota.trust_file import load_trust_store
 from ota.verify import verify_bundle
 from protocol.messages import BundleOffer
 
@@ -49,7 +49,7 @@ def release_verifier(
 
     def verify(path: Path) -> Manifest:
         try:
-            trust = TrustStore.load(trust_path)
+            trust = load_trust_store(trust_path)
         except (OSError, ValueError) as exc:
             raise TrustStoreUnavailable(f"no usable trust store at {trust_path}: {exc}") from exc
         with path.open("rb") as stream:
@@ -91,15 +91,6 @@ class BundleInfo:
         )
 
 
-def _file_digest(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as src:
-        while block := src.read(1 << 20):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
-
-
 class BundleRepository:
     """Verified bundle files under `root` as `<digest>.bundle`, recorded in the database."""
 
@@ -126,10 +117,11 @@ class BundleRepository:
     def add_file(self, path: Path, *, move: bool = False) -> BundleInfo:
         """Verify the bundle at `path` and store it; storing the same bundle twice is a no-op.
 
-        Raises ota.errors.BundleRefused, TrustStoreUnavailable, OSError.
+        Raises ota.errors.BundleRefused, TrustStoreUnavailable, OSError, UnknownBundle (gone
+        again before it could be read back).
         """
         try:
-            digest, size = _file_digest(path)
+            digest, size = file_digest(path)
             manifest = self.verify(path)
             final = self.path(digest)
             if not final.exists():
@@ -164,7 +156,8 @@ class BundleRepository:
             size,
         )
         info = self.get(digest)
-        assert info is not None
+        if info is None:  # removed by another replica between the insert and this read
+            raise UnknownBundle(digest)
         return info
 
     def list(self) -> list[BundleInfo]:

@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from controller.cli.main import EXIT_UNREACHABLE, Column, add_api_options, client, emit
+from controller.cli.client import (
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    Column,
+    add_api_options,
+    api_request,
+    emit,
+)
 
 PUSH_COLUMNS: list[Column] = [
     ("device", lambda r: r["device"]),
@@ -32,7 +39,7 @@ def cmd_trust_push(args: argparse.Namespace) -> int:
         print(f"edgefleet: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     headers = {"content-type": "application/json"}
-    answer = client(args).request("POST", "/api/trust", content=body, headers=headers)
+    answer = api_request(args, "POST", "/api/trust", content=body, headers=headers)
     rows = [
         {"device": device, "cmd_id": cmd_id, "root_version": answer["root_version"]}
         for device, cmd_id in answer["commands"].items()
@@ -43,10 +50,11 @@ def cmd_trust_push(args: argparse.Namespace) -> int:
             f"root version {answer['root_version']} sent to {len(rows)} devices; "
             "their answers: `edgefleet events --kind ack`"
         )
-    return 0
+    return EXIT_OK
 
 
 def add_trust_parser(subparsers: Any) -> None:
+    """`trust push`."""
     parser = subparsers.add_parser("trust", help="the root of trust on the fleet's devices")
     sub = parser.add_subparsers(dest="trust_command", required=True)
     push = sub.add_parser("push", help="send root documents (oldest first) to every device")

@@ -1,1 +1,2 @@
-"""The embedded demo: a local broker, the sample video and the one-command run."""
+"""The embedded demo: a local broker, the sample video, the agent as a separate process, the
+bounded wait for polled state, and the one-command run."""

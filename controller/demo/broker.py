@@ -15,6 +15,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from controller.demo.waiting import WaitTimedOut, wait_until
+
 log = logging.getLogger(__name__)
 
 
@@ -30,12 +32,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def wait_for_port(host: str, port: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Whether `host:port` accepts a TCP connection within `timeout` seconds."""
+
+    def accepts() -> bool:
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
             return True
-        time.sleep(0.05)
-    return False
+        return False
+
+    try:
+        return wait_until(f"{host}:{port} to listen", accepts, timeout, interval=0.05)
+    except WaitTimedOut:
+        return False
 
 
 class MosquittoBroker:

@@ -1,35 +1,34 @@
-"""`edgefleet demo`: controller + local broker + one local agent on a sample video, one command.
+"""The demo run: controller + local broker + one local agent on a sample video, one command.
 
 Everything real: a mosquitto (or in-process broker), the controller with SQLite, an agent
-process, a BlazeFace bundle built and signed here and delivered over MQTT.
+process, a BlazeFace bundle built and signed here and delivered over MQTT. The command line
+(`edgefleet demo`) lives in controller/cli/demo.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 from controller.demo.broker import free_port, start_local_broker
+from controller.demo.processes import spawn_agent, stop_agent, write_agent_config
 from controller.demo.sample_video import write_sample_video
+from controller.demo.waiting import WaitTimedOut, wait_until
 from controller.release.recipes import example_spec
 from controller.server import Controller
 from controller.settings import ControllerSettings, HttpSettings, MqttSettings
 from ota.build import build_bundle
 from ota.keys import SigningKey
 from ota.trust import TrustStore
+from ota.trust_file import save_trust_store
 
 DEVICE_ID = "demo-cam-01"
 
@@ -54,46 +53,6 @@ class DemoResult:
         )
 
 
-def agent_command() -> list[str]:
-    """The agent's console script beside this interpreter, else the module."""
-    script = Path(sys.executable).with_name("edgefleet-agent")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "agent.cli"]
-
-
-def write_agent_config(agent_dir: Path, config: dict[str, Any]) -> Path:
-    """Write an agent settings file into `agent_dir`; returns its path."""
-    path = agent_dir / "agent.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def spawn_agent(
-    config_path: Path, log_path: Path, env: Mapping[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """Start `edgefleet-agent run` on a settings file, appending its output to `log_path`."""
-    environment = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            [*agent_command(), "run", "--config", str(config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment,
-        )
-
-
-def stop_agent(agent: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """SIGTERM (the agent flushes its outbox and says offline), SIGKILL if it hangs."""
-    if agent.poll() is None:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait(timeout=5)
-
-
 def _keys(workdir: Path) -> tuple[SigningKey, Path]:
     key_path = workdir / "keys" / "release.pem"
     if key_path.exists():
@@ -103,18 +62,8 @@ def _keys(workdir: Path) -> tuple[SigningKey, Path]:
         key = SigningKey.generate()
         key.save(key_path)
     trust_path = workdir / "keys" / "trust.json"
-    TrustStore.from_keys([key.public_key()]).save(trust_path)
+    save_trust_store(TrustStore.from_keys([key.public_key()]), trust_path)
     return key, trust_path
-
-
-def _wait(what: str, check: Any, timeout: float, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def run_demo(duration: float, workdir: Path, http_port: int | None = None) -> DemoResult:
@@ -178,6 +127,13 @@ def _device(http: httpx.Client) -> dict[str, Any] | None:
     return next((d for d in devices if d["id"] == DEVICE_ID), None)
 
 
+def _wait(what: str, check: Callable[[], object]) -> None:
+    try:
+        wait_until(what, check, timeout=60)
+    except WaitTimedOut as exc:
+        raise DemoError(str(exc)) from None
+
+
 def _drive(
     http: httpx.Client,
     agent: subprocess.Popen[bytes],
@@ -199,7 +155,7 @@ def _drive(
         device = _device(http)
         return bool(device and device["online"])
 
-    _wait("the agent to come online", online, 60)
+    _wait("the agent to come online", online)
     response = http.post("/api/deployments", json={"device": DEVICE_ID, "bundle": digest})
     if response.status_code >= 400:
         raise DemoError(f"deployment refused: {response.text}")
@@ -209,7 +165,7 @@ def _drive(
         device = _device(http)
         return device if device and device.get("active_digest") == digest else None
 
-    _wait("the bundle to run on the agent", running, 60)
+    _wait("the bundle to run on the agent", running)
     print("edgefleet demo: bundle running; Ctrl-C ends early", flush=True)
     deadline = time.monotonic() + duration
     summary: dict[str, Any] = {}
@@ -241,23 +197,3 @@ def _drive(
         bundle=f"{device.get('active_name', '?')}@{device.get('active_version', '?')}",
         runtime=str(device.get("active_runtime", "?")),
     )
-
-
-def add_demo_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="controller + local broker + a local agent on a sample video"
-    )
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds to run")
-    parser.add_argument("--workdir", type=Path, default=Path(".edgefleet/demo"))
-    parser.add_argument("--http-port", type=int, default=None, help="API port (default: free)")
-    parser.set_defaults(func=cmd_demo)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    try:
-        result = run_demo(args.duration, args.workdir, args.http_port)
-    except DemoError as exc:
-        print(f"edgefleet demo: {exc}", file=sys.stderr)
-        return 1
-    print(result.line(), flush=True)
-    return 0 if result.detections > 0 else 1

@@ -1,11 +1,10 @@
 """Deployments: send a bundle to a device and follow it to running, or to why not.
 
-A deployment publishes a Deploy command with the bundle's chunk layout; the agent then asks
-for the chunks it lacks with `chunk_request` events, which reach us through the ingest and are
-served by the ChunkServer. Large bundles (or a request for `transport="http"`) are offered
-with a URL of the API's range-serving bundle endpoint instead, and the agent downloads them.
-Acks and progress events move the deployment's status forward.
-The pieces it builds on (BundleRepository, Publisher, ChunkServer) are importable from here too.
+A deployment sends a Deploy command with the bundle's chunk layout; the agent then asks for the
+chunks it lacks with `chunk_request` events, which reach us through the ingest and are served by
+the ChunkServer. Large bundles (or a request for `transport="http"`) are offered with a URL of
+the API's range-serving bundle endpoint instead, and the agent downloads them. Acks and progress
+events move the deployment's status forward, in the order of `DeploymentStatus`.
 """
 
 from __future__ import annotations
@@ -21,43 +20,28 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.bundles.chunks import ChunkServer
-from controller.bundles.repository import (
-    BundleInfo,
-    BundleRepository,
-    UnknownBundle,
-)
+from controller.bundles.repository import BundleInfo, BundleRepository, UnknownBundle
 from controller.db import Bundle, Deployment, Device
+from controller.mqtt.commands import CommandSender
 from controller.mqtt.records import Accepted
-from controller.mqtt.session import Publisher, PublishError
-from protocol.codec import encode
-from protocol.messages import Ack, Deploy, Event
-from protocol.topics import Topics
+from controller.mqtt.session import PublishError
+from protocol.events import DeploymentStatus, EventKind
+from protocol.messages import Ack, ChunkRange, Deploy, Event
 
 log = logging.getLogger(__name__)
 
-STATUSES = (
-    "pending",
-    "sent",
-    "accepted",
-    "downloading",
-    "verified",
-    "installing",
-    "probation",
-    "running",
-    "failed",
-    "rolled_back",
-)
-_RANK = {status: rank for rank, status in enumerate(STATUSES)}
+# a status ranks by its place in the enum: later statuses are further along
+_RANK = {status: rank for rank, status in enumerate(DeploymentStatus)}
 _EVENT_STATUS = {
-    "deploy_offered": "accepted",
-    "downloading": "downloading",
-    "chunk_request": "downloading",
-    "verified": "verified",
-    "installing": "installing",
-    "probation": "probation",
-    "running": "running",
-    "failed": "failed",
-    "rolled_back": "rolled_back",
+    EventKind.DEPLOY_OFFERED: DeploymentStatus.ACCEPTED,
+    EventKind.DOWNLOADING: DeploymentStatus.DOWNLOADING,
+    EventKind.CHUNK_REQUEST: DeploymentStatus.DOWNLOADING,
+    EventKind.VERIFIED: DeploymentStatus.VERIFIED,
+    EventKind.INSTALLING: DeploymentStatus.INSTALLING,
+    EventKind.PROBATION: DeploymentStatus.PROBATION,
+    EventKind.RUNNING: DeploymentStatus.RUNNING,
+    EventKind.FAILED: DeploymentStatus.FAILED,
+    EventKind.ROLLED_BACK: DeploymentStatus.ROLLED_BACK,
 }
 
 
@@ -71,6 +55,10 @@ class UnknownDevice(LookupError):
     """No device with that id has ever reported."""
 
 
+class UnknownDeployment(LookupError):
+    """No deployment was made by that command id."""
+
+
 class HttpTransportUnavailable(ValueError):
     """HTTP delivery was asked for, but the controller has no public URL to offer."""
 
@@ -81,7 +69,7 @@ class DeploymentInfo:
     device: str
     bundle: str
     cmd_id: str
-    status: str
+    status: DeploymentStatus
     reason: str
     created: float
     updated: float
@@ -93,7 +81,7 @@ class DeploymentInfo:
             row.device,
             row.bundle,
             row.cmd_id,
-            row.status,
+            DeploymentStatus(row.status),
             row.reason,
             row.created,
             row.updated,
@@ -106,20 +94,18 @@ class DeploymentService:
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        store: BundleRepository,
-        publisher: Publisher,
+        bundles: BundleRepository,
+        commands: CommandSender,
         chunks: ChunkServer,
-        topics: Topics,
         clock: Callable[[], float] = time.time,
         *,
         public_url: Callable[[], str] | None = None,
         http_transfer_bytes: int = DEFAULT_HTTP_TRANSFER_BYTES,
     ) -> None:
-        self.sessions = sessions
-        self.store = store
-        self.publisher = publisher
-        self.chunks = chunks
-        self.topics = topics
+        self._sessions = sessions
+        self._bundles = bundles
+        self._commands = commands
+        self._chunks = chunks
         self._clock = clock
         # a callable, since the API's port is known only once it listens
         self.public_url = public_url
@@ -145,10 +131,10 @@ class DeploymentService:
         """Record a deployment and send the Deploy command.
 
         Raises UnknownDevice, UnknownBundle, HttpTransportUnavailable, PublishError (the
-        deployment is then `failed`).
+        deployment is then `failed`), UnknownDeployment (its row vanished meanwhile).
         """
         now = self._clock()
-        with self.sessions.begin() as session:
+        with self._sessions.begin() as session:
             if session.get(Device, device_id) is None:
                 raise UnknownDevice(device_id)
             row = session.get(Bundle, digest)
@@ -163,7 +149,7 @@ class DeploymentService:
                     device=device_id,
                     bundle=digest,
                     cmd_id=command.id,
-                    status="pending",
+                    status=DeploymentStatus.PENDING.value,
                     reason="",
                     created=now,
                     updated=now,
@@ -171,11 +157,13 @@ class DeploymentService:
             )
         # committed first, so an ack that races back finds the deployment
         try:
-            self.publisher.publish(self.topics.cmd(device_id), encode(command), timeout=10.0)
+            self._commands.send(command)
         except PublishError as exc:
-            self._set_status(command.id, "failed", f"command not sent: {exc}", force=True)
+            self._set_status(
+                command.id, DeploymentStatus.FAILED, f"command not sent: {exc}", force=True
+            )
             raise
-        self._set_status(command.id, "sent", "")
+        self._set_status(command.id, DeploymentStatus.SENT, "")
         log.info(
             "event=deploy_sent device=%s bundle=%s cmd=%s transport=%s",
             device_id,
@@ -184,23 +172,26 @@ class DeploymentService:
             "http" if offer.url else "mqtt",
         )
         found = self.get_by_cmd(command.id)
-        assert found is not None
+        if found is None:
+            raise UnknownDeployment(command.id)
         return found
 
     def list(self, device: str | None = None, limit: int = 100) -> list[DeploymentInfo]:
         query = select(Deployment).order_by(Deployment.created.desc()).limit(limit)
         if device:
             query = query.where(Deployment.device == device)
-        with self.sessions() as session:
+        with self._sessions() as session:
             return [DeploymentInfo.of(row) for row in session.scalars(query)]
 
     def get_by_cmd(self, cmd_id: str) -> DeploymentInfo | None:
-        with self.sessions() as session:
+        with self._sessions() as session:
             row = session.scalar(select(Deployment).where(Deployment.cmd_id == cmd_id))
             return DeploymentInfo.of(row) if row else None
 
-    def _set_status(self, cmd_id: str, status: str, reason: str, *, force: bool = False) -> None:
-        with self.sessions.begin() as session:
+    def _set_status(
+        self, cmd_id: str, status: DeploymentStatus, reason: str, *, force: bool = False
+    ) -> None:
+        with self._sessions.begin() as session:
             row = session.scalar(select(Deployment).where(Deployment.cmd_id == cmd_id))
             if row is not None:
                 _advance(row, status, reason, self._clock(), force=force)
@@ -214,32 +205,49 @@ class DeploymentService:
             if isinstance(msg, Ack):
                 row = session.scalar(select(Deployment).where(Deployment.cmd_id == msg.cmd_id))
                 if row is not None:
-                    status = "accepted" if msg.ok else "failed"
-                    _advance(row, status, "" if msg.ok else (msg.detail or msg.result), now)
-            elif isinstance(msg, Event) and msg.kind in _EVENT_STATUS and msg.bundle:
+                    if msg.ok:
+                        _advance(row, DeploymentStatus.ACCEPTED, "", now)
+                    else:
+                        _advance(row, DeploymentStatus.FAILED, msg.detail or msg.result, now)
+            elif isinstance(msg, Event) and msg.bundle:
+                status = _event_status(msg.kind)
+                if status is None:
+                    continue
                 row = _deployment_for(session, msg.device, msg.bundle, msg.cmd_id)
                 if row is not None:
-                    _advance(row, _EVENT_STATUS[msg.kind], msg.reason or "", now)
+                    _advance(row, status, msg.reason or "", now)
 
     def after_commit(self, batch: Sequence[Accepted]) -> None:
         for item in batch:
             msg = item.message
-            if isinstance(msg, Event) and msg.kind == "chunk_request" and msg.bundle:
-                self._serve(msg)
+            if isinstance(msg, Event) and msg.kind == EventKind.CHUNK_REQUEST and msg.bundle:
+                self._serve(msg.device, msg.bundle, msg.missing)
 
-    def _serve(self, event: Event) -> None:
-        assert event.bundle is not None
-        with self.sessions() as session:
-            wanted = _deployment_for(session, event.device, event.bundle, None) is not None
-        bundle = self.store.get(event.bundle) if wanted else None
+    def _serve(self, device: str, digest: str, missing: Sequence[ChunkRange]) -> None:
+        with self._sessions() as session:
+            wanted = _deployment_for(session, device, digest, None) is not None
+        bundle = self._bundles.get(digest) if wanted else None
         if bundle is None:
             # only bundles deployed to the asking device are sent, whatever it asks for
             self.chunk_requests_refused += 1
-            log.warning(
-                "event=chunk_request_refused device=%s bundle=%s", event.device, event.bundle[:12]
-            )
+            log.warning("event=chunk_request_refused device=%s bundle=%s", device, digest[:12])
             return
-        self.chunks.request(bundle, [(r.start, r.end) for r in event.missing])
+        self._chunks.request(bundle, [(r.start, r.end) for r in missing])
+
+
+def _event_status(kind: str) -> DeploymentStatus | None:
+    """The deployment status an event kind moves to, or None for kinds that move nothing."""
+    try:
+        return _EVENT_STATUS.get(EventKind(kind))
+    except ValueError:  # a kind newer than this controller
+        return None
+
+
+def _rank(status: str) -> int:
+    try:
+        return _RANK[DeploymentStatus(status)]
+    except ValueError:  # a value this controller does not know ranks below all it does
+        return -1
 
 
 def _deployment_for(
@@ -253,9 +261,11 @@ def _deployment_for(
     return session.scalar(query.order_by(Deployment.created.desc()).limit(1))
 
 
-def _advance(row: Deployment, status: str, reason: str, now: float, force: bool = False) -> None:
+def _advance(
+    row: Deployment, status: DeploymentStatus, reason: str, now: float, force: bool = False
+) -> None:
     """Move a deployment forward; redelivered or late messages never move it back."""
-    if force or _RANK[status] > _RANK.get(row.status, -1):
-        row.status = status
+    if force or _rank(status) > _rank(row.status):
+        row.status = status.value
         row.reason = reason[:1000]
         row.updated = now

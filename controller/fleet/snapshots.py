@@ -1,11 +1,11 @@
 """Snapshots: ask an agent for a track's best frame and keep the JPEG it uploads.
 
-`POST /api/devices/{id}/snapshot` records a pending snapshot id (a marker file under
-data_dir/snapshots/) and sends the agent a Snapshot command whose `upload_url` is this
-controller's `POST|PUT /api/snapshots/{snapshot_id}`; the upload is accepted once, only for a
-pending id, only if it is a JPEG no larger than the cap. Names on disk come from the id the
-controller made, never from the client. Markers on disk (not memory) let any replica sharing
-data_dir take the upload.
+A request records a pending snapshot id (a marker file under data_dir/snapshots/) and sends the
+agent a Snapshot command whose `upload_url` is this controller's `POST|PUT
+/api/snapshots/{snapshot_id}` (the routes live in controller/api/snapshots.py); the upload is
+accepted once, only for a pending id, only if it is a JPEG no larger than the cap. Names on disk
+come from the id the controller made, never from the client. Markers on disk (not memory) let
+any replica sharing data_dir take the upload.
 """
 
 from __future__ import annotations
@@ -16,27 +16,21 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request
-from fastapi import Path as PathParam
-from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db import Device
-from controller.mqtt.session import PublishError
-from protocol.codec import encode
+from controller.fleet.deployments import UnknownDevice
+from controller.mqtt.commands import CommandSender
 from protocol.messages import Snapshot
-from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 DEFAULT_MAX_SNAPSHOT_BYTES = 8 << 20
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
-SnapshotId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$")]
 
 
 class SnapshotRefused(Exception):
@@ -99,17 +93,17 @@ class SnapshotStore:
         return final
 
 
-class SnapshotIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    camera: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    track_id: int = Field(ge=0, description="the track id of a detection from this camera")
+class NoUploadUrl(LookupError):
+    """The controller has no public URL that an agent could upload a snapshot to."""
 
 
-class SnapshotOut(BaseModel):
+@dataclass(frozen=True)
+class RequestedSnapshot:
+    """A snapshot asked for: its id, the command that asked, and where the JPEG will be."""
+
     snapshot_id: str
     cmd_id: str
-    url: str = Field(description="where the JPEG is served once the agent has uploaded it")
+    url: str
 
 
 class SnapshotRequests:
@@ -119,71 +113,35 @@ class SnapshotRequests:
         self,
         store: SnapshotStore,
         sessions: sessionmaker[Session],
-        publish: Callable[[str, bytes], None],
-        topics: Topics,
+        commands: CommandSender,
         public_url: Callable[[], str] | None,
     ) -> None:
-        self.store = store
-        self.sessions = sessions
-        self._publish = publish
-        self.topics = topics
-        self.public_url = public_url
+        self._store = store
+        self._sessions = sessions
+        self._commands = commands
+        self._public_url = public_url
 
+    def request(self, device_id: str, camera: str, track_id: int) -> RequestedSnapshot:
+        """Record a pending snapshot and ask the device for it.
 
-def snapshot_router(requests: SnapshotRequests) -> APIRouter:
-    """The snapshot routes over `requests`."""
-    router = APIRouter()
-    store = requests.store
-
-    @router.post("/api/devices/{device_id}/snapshot", status_code=202)
-    def request_snapshot(device_id: str, body: SnapshotIn) -> SnapshotOut:
-        with requests.sessions() as session:
+        Raises UnknownDevice, NoUploadUrl, controller.mqtt.session.PublishError.
+        """
+        with self._sessions() as session:
             if session.get(Device, device_id) is None:
-                raise HTTPException(404, f"no device {device_id!r}")
-        if requests.public_url is None:
-            raise HTTPException(409, "the controller has no public URL for the agent to upload to")
-        base = requests.public_url().rstrip("/")
-        snapshot_id = store.new()
+                raise UnknownDevice(device_id)
+        if self._public_url is None:
+            raise NoUploadUrl("the controller has no public URL for the agent to upload to")
+        base = self._public_url().rstrip("/")
+        snapshot_id = self._store.new()
         url = f"{base}/api/snapshots/{snapshot_id}"
-        command = Snapshot(
-            device=device_id, camera=body.camera, track_id=body.track_id, upload_url=url
-        )
-        try:
-            requests._publish(requests.topics.cmd(device_id), encode(command))
-        except PublishError as exc:
-            raise HTTPException(503, f"the command could not be sent: {exc}") from None
+        command = Snapshot(device=device_id, camera=camera, track_id=track_id, upload_url=url)
+        self._commands.send(command)
         log.info(
             "event=snapshot_requested device=%s camera=%s track=%d snapshot=%s cmd=%s",
             device_id,
-            body.camera,
-            body.track_id,
+            camera,
+            track_id,
             snapshot_id,
             command.id,
         )
-        return SnapshotOut(snapshot_id=snapshot_id, cmd_id=command.id, url=url)
-
-    async def upload(snapshot_id: SnapshotId, request: Request) -> dict[str, int]:
-        data = bytearray()
-        async for block in request.stream():
-            data += block
-            if len(data) > store.max_bytes:
-                raise HTTPException(413, f"snapshot larger than {store.max_bytes} bytes")
-        try:
-            store.store(snapshot_id, bytes(data))
-        except SnapshotRefused as exc:
-            raise HTTPException(exc.status, exc.detail) from None
-        return {"bytes": len(data)}
-
-    router.add_api_route(
-        "/api/snapshots/{snapshot_id}", upload, methods=["POST", "PUT"], status_code=201
-    )
-
-    @router.get("/api/snapshots/{snapshot_id}", response_class=FileResponse)
-    def get_snapshot(snapshot_id: SnapshotId) -> FileResponse:
-        path = store.jpeg(snapshot_id)
-        if path is None:
-            pending = store.pending(snapshot_id)
-            raise HTTPException(404, "snapshot not uploaded yet" if pending else "no snapshot")
-        return FileResponse(path, media_type="image/jpeg")
-
-    return router
+        return RequestedSnapshot(snapshot_id=snapshot_id, cmd_id=command.id, url=url)

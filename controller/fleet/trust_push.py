@@ -7,18 +7,20 @@ bad root from the API's answer rather than from a fleet of refusals.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db import Device
-from controller.fleet.deployments import DeploymentService
-from ota.errors import RefusalReason, RootRefused
+from controller.mqtt.commands import CommandSender
+from ota.errors import RootRefused
 from ota.root import is_root_document, parse_root, update_root
-from ota.trust import apply_root_chain
-from protocol.codec import encode
+from ota.trust_file import apply_root_chain
+from protocol.events import RefusalReason
 from protocol.messages import TrustUpdate
 
 log = logging.getLogger(__name__)
@@ -34,9 +36,12 @@ class TrustPushIn(BaseModel):
     roots: list[str] = Field(min_length=1, max_length=MAX_ROOTS)
 
 
-class TrustPushOut(BaseModel):
+@dataclass(frozen=True)
+class PushedRoots:
+    """What a push sent: the root version the chain ends on, and one command per device."""
+
     root_version: int
-    commands: dict[str, str] = Field(description="device id -> trust-update command id")
+    commands: dict[str, str]  # device id -> trust-update command id
 
 
 def parse_push_body(body: bytes) -> list[bytes]:
@@ -64,19 +69,24 @@ def check_chain(documents: list[bytes], trust_path: Path | None, now: datetime) 
     return current.version
 
 
-def push_roots(deployer: DeploymentService, body: bytes, trust_path: Path | None) -> TrustPushOut:
+def push_roots(
+    sessions: sessionmaker[Session],
+    commands: CommandSender,
+    body: bytes,
+    trust_path: Path | None,
+) -> PushedRoots:
     """Check the chain in `body`, then send it to every registered device.
 
-    Raises RootRefused, OSError, controller.mqtt_session.PublishError."""
+    Raises RootRefused, OSError, controller.mqtt.session.PublishError."""
     documents = parse_push_body(body)
     version = check_chain(documents, trust_path, datetime.now(timezone.utc))
     roots = tuple(data.decode("utf-8") for data in documents)
-    with deployer.sessions() as session:
+    with sessions() as session:
         devices = list(session.scalars(select(Device.id).order_by(Device.id)))
-    commands: dict[str, str] = {}
+    sent: dict[str, str] = {}
     for device_id in devices:
         command = TrustUpdate(device=device_id, roots=roots)
-        deployer.publisher.publish(deployer.topics.cmd(device_id), encode(command), timeout=10.0)
-        commands[device_id] = command.id
-    log.info("event=trust_pushed root_version=%d devices=%d", version, len(commands))
-    return TrustPushOut(root_version=version, commands=commands)
+        commands.send(command)
+        sent[device_id] = command.id
+    log.info("event=trust_pushed root_version=%d devices=%d", version, len(sent))
+    return PushedRoots(root_version=version, commands=sent)

@@ -264,7 +264,11 @@ class Ingest:
                     kv(err),
                 )
                 continue
-            assert parsed.channel is not None and parsed.device_id is not None
+            if parsed.channel is None or parsed.device_id is None:
+                # decode_agent_message answers only for device channels; anything else is not
+                # a message to store
+                self.stats.count_rejected("not_a_device_channel")
+                continue
             accepted.append(Accepted(parsed.device_id, parsed.channel, message, item.at))
         return accepted
 

@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from controller.db import DetectionRow, Device, EventRow, HealthRow
+from protocol.events import EventLevel
 from protocol.messages import Ack, AgentMessage, DetectionBatch, Event, Health, State
 from protocol.topics import Channel
 
@@ -19,6 +20,10 @@ _DEVICES = cast(Table, Device.__table__)
 _DETECTIONS = cast(Table, DetectionRow.__table__)
 _HEALTH = cast(Table, HealthRow.__table__)
 _EVENTS = cast(Table, EventRow.__table__)
+
+ACK_KIND = "ack"
+"""The events table's kind for a stored Ack; not an EventKind, since acks arrive on their own
+channel rather than as `…/evt` events."""
 
 
 @dataclass(frozen=True)
@@ -100,8 +105,8 @@ def _event_row(msg: Event | Ack, received: float) -> dict[str, Any]:
     if isinstance(msg, Ack):
         # acks are stored beside events, so one timeline shows a command and its answer
         row.update(
-            kind="ack",
-            level="info" if msg.ok else "error",
+            kind=ACK_KIND,
+            level=(EventLevel.INFO if msg.ok else EventLevel.ERROR).value,
             bundle=None,
             reason=msg.result or ("ok" if msg.ok else "refused"),
             message=msg.detail,

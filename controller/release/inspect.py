@@ -1,4 +1,4 @@
-"""`edgefleet bundle inspect`: show what a bundle file claims, then whether it verifies.
+"""What a bundle file claims, then whether it verifies (shown by `edgefleet bundle inspect`).
 
 The manifest is shown before its signature is checked, so every line above the verdict is a
 claim by whoever made the file; only the verdict is the verifier's word.
@@ -6,11 +6,8 @@ claim by whoever made the file; only the verdict is the verifier's word.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import tarfile
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +16,8 @@ from pydantic import ValidationError
 from ota.errors import BundleRefused
 from ota.layout import MANIFEST_MEMBER, SIGNATURE_MEMBER, SignatureDocument
 from ota.manifest import Manifest
-from ota.trust import TrustStore
+from ota.trust_file import load_trust_store
 from ota.verify import MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, verify_bundle
-
-EXIT_OK, EXIT_REFUSED, EXIT_UNREADABLE = 0, 1, 2
 
 
 class UnreadableBundle(Exception):
@@ -60,7 +55,7 @@ def verdict(path: Path, trust_path: Path | None, now: datetime) -> dict[str, Any
     if trust_path is None:
         return {"status": "unchecked", "reason": None, "detail": "no --trust given"}
     try:
-        trust = TrustStore.load(trust_path)
+        trust = load_trust_store(trust_path)
     except (OSError, ValueError) as exc:
         return {"status": "unchecked", "reason": None, "detail": f"trust file unusable: {exc}"}
     try:
@@ -95,41 +90,3 @@ def inspect_report(path: Path, trust_path: Path | None, now: datetime) -> dict[s
         "signatures": keyids,
         "verdict": verdict(path, trust_path, now),
     }
-
-
-def _print_table(report: dict[str, Any]) -> None:
-    print(f"bundle    {report['name']}@{report['version']}  ({report['size']} bytes)")
-    print(f"created   {report['created']}")
-    print(f"expires   {report['expires']}")
-    print(f"profiles  {', '.join(report['profiles']) or 'any'}")
-    for v in report["variants"]:
-        print(f"variant   {v['runtime']}/{v['precision']}  model={v['model']}")
-    for f in report["files"]:
-        print(f"file      {f['path']}  {f['size']} bytes  sha256={f['sha256']}")
-    for keyid in report["signatures"]:
-        print(f"signed by {keyid}")
-    v = report["verdict"]
-    reason = f" {v['reason']}" if v["reason"] else ""
-    print(f"verdict   {v['status']}{reason}: {v['detail']}")
-
-
-def cmd_bundle_inspect(args: argparse.Namespace) -> int:
-    try:
-        report = inspect_report(args.file, args.trust, datetime.now(timezone.utc))
-    except (UnreadableBundle, OSError) as exc:
-        print(f"edgefleet: {args.file}: {exc}", file=sys.stderr)
-        return EXIT_UNREADABLE
-    if getattr(args, "output", "table") == "json":
-        print(json.dumps(report, indent=2))
-    else:
-        _print_table(report)
-    return EXIT_REFUSED if report["verdict"]["status"] == "refused" else EXIT_OK
-
-
-def add_bundle_inspect_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("inspect", help="show a bundle's manifest and verify it")
-    parser.add_argument("file", type=Path)
-    parser.add_argument(
-        "--trust", type=Path, default=None, help="root.json or trust.json to verify against"
-    )
-    parser.set_defaults(func=cmd_bundle_inspect)

@@ -14,7 +14,6 @@ place only once complete, so a folder that exists is whole.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import shutil
@@ -27,16 +26,22 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ota.build import VariantSource
+from ota.digest import file_digest
 from ota.manifest import InputSpec
 
 logger = logging.getLogger(__name__)
 
 SOURCE_FORMATS = (".tflite", ".onnx", ".pb")
-_CHUNK = 1 << 20
 
 
 class VariantGenerationError(Exception):
     """A variant could not be generated; the message says which and why."""
+
+
+class OpenVinoUnavailable(VariantGenerationError):
+    """OpenVINO variants were asked for, but the openvino package is not installed here."""
+
+    extra = "openvino"
 
 
 class GenerateSpec(BaseModel):
@@ -82,21 +87,15 @@ def batch_shape(spec: InputSpec) -> tuple[int, int, int, int]:
 
 
 def _import_openvino() -> Any:
+    # imported only here: most builds make no OpenVINO variant, and it is a large package
     try:
-        return importlib.import_module("openvino")
+        import openvino
     except ImportError as exc:
-        raise VariantGenerationError(
+        raise OpenVinoUnavailable(
             f"generating OpenVINO variants needs the openvino package on the build machine "
             f"(pip install 'edgefleet[openvino]'): {exc}"
         ) from exc
-
-
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return openvino
 
 
 def convert_to_openvino(
@@ -122,7 +121,7 @@ def convert_to_openvino(
         raise VariantGenerationError(f"model file {source} does not exist")
     ov = _import_openvino()
     request = {
-        "source_sha256": _digest(source),
+        "source_sha256": file_digest(source)[0],
         "precision": precision,
         "input_shape": list(input_shape),
         "outputs": list(outputs),
@@ -200,7 +199,7 @@ def generate_variants(
     failed conversion) or OSError.
     """
     produced = []
-    by_runtime = {v.runtime: v for v in existing}
+    by_runtime = {str(v.runtime): v for v in existing}
     for request in requests:
         if request.source in by_runtime:
             source = Path(by_runtime[request.source].model)

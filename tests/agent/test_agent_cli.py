@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from agent.cli import main
+from ota.trust_file import save_trust_store
 
 
 def test_probe_reports_profile_preference_and_litert(capsys):
@@ -22,7 +23,7 @@ def test_bundle_verify_accepts_a_signed_bundle_and_refuses_an_untrusted_one(
     from ota.keys import SigningKey
 
     trust_file = tmp_path / "trust.json"
-    trust.save(trust_file)
+    save_trust_store(trust, trust_file)
     good = build_blazeface(version=1)
     common = ["--trust", str(trust_file), "--data-dir", str(tmp_path / "agent")]
     assert main(["bundle", "verify", str(good.path), *common]) == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from agent.cli import main as agent_main
 from controller.cli.main import main as edgefleet
-from ota.trust import TrustStore
+from ota.trust_file import load_trust_store
 
 
 def test_trust_update_walks_the_root_chain_and_never_steps_back(tmp_path: Path, capsys):
@@ -23,10 +23,10 @@ def test_trust_update_walks_the_root_chain_and_never_steps_back(tmp_path: Path, 
     v2, v3 = str(keys / "root.2.json"), str(keys / "root.3.json")
     assert agent_main(["trust", "update", v3, *common]) == 1
     assert "refused root_threshold_not_met" in capsys.readouterr().err
-    assert TrustStore.load(device).root_version == 1
+    assert load_trust_store(device).root_version == 1
 
     assert agent_main(["trust", "update", v2, v3, *common]) == 0
-    assert TrustStore.load(device).root_version == 3
+    assert load_trust_store(device).root_version == 3
     # resending an older root is a no-op, never a step back
     assert agent_main(["trust", "update", v2, *common]) == 0
     assert "trusting root version 3" in capsys.readouterr().out

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.pipeline.settings import CameraSettings
 from agent.pipeline.sources import CameraCounters, FrameGrabber
-from agent.settings import CameraSettings
 from controller.demo.sample_video import write_sample_video
 from tests.agent.rtsp_relay import RtspRelay, start_publisher
 

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.pipeline.settings import CameraSettings
 from agent.pipeline.sources import (
     CameraCounters,
     CameraSourceError,
@@ -21,7 +22,6 @@ from agent.pipeline.sources import (
     resolve_profile_source,
     source_kind,
 )
-from agent.settings import CameraSettings
 from controller.demo.sample_video import write_sample_video
 
 ORANGE_BGR = (0, 128, 255)

@@ -9,47 +9,67 @@ import tarfile
 import pytest
 
 from agent.deploy.deployer import DeviceDeployer
+from agent.deploy.installer import Installer
 from agent.deploy.loader import ModelLoadFailed, load_model
 from agent.deploy.probation import ModelHealth
+from agent.link.events import EventReporter
 from agent.runtimes.base import probe_runtime
+from agent.selection import choose_runtime
 from ota.install import SlotStore
+from ota.trust_file import save_trust_store
 from protocol.codec import Chunk
-from protocol.messages import BundleOffer, Deploy
+from protocol.events import InstallReason
+from protocol.messages import BundleOffer, Deploy, Event
 
 CHUNK = 16 * 1024
 
 
 class Recorder:
+    """The events a deployer reported (as the wire Events), its subscriptions and its loads."""
+
     def __init__(self):
-        self.events: list[tuple[str, dict]] = []
+        self.events: list[Event] = []
+        self.reporter = EventReporter(
+            "cam-01", store=self.events.append, send_now=self.events.append
+        )
         self.subscribed: set[str] = set()
         self.activated: list = []
         self.fail_activation = False
 
-    def emit(self, kind, **fields):
-        self.events.append((kind, fields))
-
     def kinds(self):
-        return [k for k, _ in self.events]
+        return [e.kind for e in self.events]
+
+    def of(self, kind):
+        return [e for e in self.events if e.kind == kind]
 
     def activate(self, installed):
         if self.fail_activation:
             self.fail_activation = False
-            raise ModelLoadFailed("load_failed", "warm-up failed on purpose")
+            raise ModelLoadFailed(InstallReason.LOAD_FAILED, "warm-up failed on purpose")
         self.activated.append(installed)
+
+
+INSTALLER_OPTIONS = ("health", "probation_s", "max_attempts")
 
 
 def _deployer(tmp_path, trust, rec, **kw):
     trust_file = tmp_path / "trust.json"
-    trust.save(trust_file)
-    return DeviceDeployer(
-        store=SlotStore(tmp_path / "store"),
-        downloads=tmp_path / "downloads",
+    save_trust_store(trust, trust_file)
+    store = SlotStore(tmp_path / "store")
+    installer = Installer(
+        store=store,
         trust_file=trust_file,
+        events=rec.reporter,
+        activate=rec.activate,
+        **{k: kw.pop(k) for k in INSTALLER_OPTIONS if k in kw},
+    )
+    return DeviceDeployer(
+        store=store,
+        installer=installer,
+        downloads=tmp_path / "downloads",
         subscribe=rec.subscribed.add,
         unsubscribe=rec.subscribed.discard,
-        emit=rec.emit,
-        activate=rec.activate,
+        events=rec.reporter,
         **kw,
     )
 
@@ -76,8 +96,8 @@ def test_offer_to_running_reports_every_step(tmp_path, trust, build_blazeface):
     command, chunks = _offer(built, built.path.read_bytes())
     deployer.on_deploy(command)
     assert built.digest in rec.subscribed
-    request = next(f for k, f in rec.events if k == "chunk_request")
-    assert [(r.start, r.end) for r in request["missing"]] == [(0, len(chunks) - 1)]
+    request = rec.of("chunk_request")[0]
+    assert [(r.start, r.end) for r in request.missing] == [(0, len(chunks) - 1)]
     random.Random(1).shuffle(chunks)
     for chunk in chunks:
         deployer.on_chunk(built.digest, chunk)
@@ -86,7 +106,7 @@ def test_offer_to_running_reports_every_step(tmp_path, trust, build_blazeface):
     assert kinds.index("downloading") < kinds.index("verified") < kinds.index("running")
     assert rec.activated[0].digest == built.digest
     assert built.digest not in rec.subscribed
-    assert all(f.get("bundle") == built.digest for k, f in rec.events)
+    assert all(e.bundle == built.digest for e in rec.events)
 
 
 def test_tampered_bundle_is_refused_with_a_reason_and_nothing_is_activated(
@@ -109,8 +129,8 @@ def test_tampered_bundle_is_refused_with_a_reason_and_nothing_is_activated(
     deployer.on_deploy(command)
     for chunk in chunks:
         deployer.on_chunk(command.bundle.digest, chunk)
-    failed = [f for k, f in rec.events if k == "failed"]
-    assert failed and failed[0]["reason"] == "hash_mismatch"
+    failed = rec.of("failed")
+    assert failed and failed[0].reason == "hash_mismatch"
     assert rec.activated == []
     assert deployer.store.current() is None
 
@@ -122,8 +142,8 @@ def test_unsigned_bundle_from_another_key_is_refused(tmp_path, trust, build_blaz
     rec = Recorder()
     deployer = _deployer(tmp_path, trust, rec)
     assert not deployer.install(built.path, digest=built.digest)
-    failed = [f for k, f in rec.events if k == "failed"]
-    assert failed[0]["reason"] == "unknown_key" or failed[0]["reason"] == "threshold_not_met"
+    failed = rec.of("failed")
+    assert failed[0].reason == "unknown_key" or failed[0].reason == "threshold_not_met"
 
 
 def test_a_model_that_fails_to_load_rolls_back_to_the_previous_bundle(
@@ -152,8 +172,8 @@ def test_lost_chunks_are_requested_again_and_only_those(tmp_path, trust, build_b
         if chunk.index not in lost:
             deployer.on_chunk(built.digest, chunk)
     deployer.tick()
-    request = [f for k, f in rec.events if k == "chunk_request"][-1]
-    assert [(r.start, r.end) for r in request["missing"]] == [(1, 1), (3, 3)]
+    request = rec.of("chunk_request")[-1]
+    assert [(r.start, r.end) for r in request.missing] == [(1, 1), (3, 3)]
     for index in sorted(lost):
         deployer.on_chunk(built.digest, chunks[index])
     assert "running" in rec.kinds()
@@ -164,14 +184,14 @@ def test_loader_picks_litert_and_says_why_others_were_passed_over(tmp_path, trus
     store = SlotStore(tmp_path / "store")
     installed = store.install(built.path, trust, built.manifest.created)
     probes = [probe_runtime("litert")]
-    model = load_model(installed, probes, ("onnx", "litert"))
+    model = load_model(installed, choose_runtime(installed.manifest, probes, ("onnx", "litert")))
     try:
         assert model.runtime == "litert"
         assert "onnx" in model.reason
     finally:
         model.close()
     with pytest.raises(ModelLoadFailed) as err:
-        load_model(installed, probes, ("onnx",))
+        choose_runtime(installed.manifest, probes, ("onnx",))
     assert err.value.reason == "no_runtime"
 
 
@@ -229,7 +249,7 @@ def test_a_new_bundle_runs_only_after_a_healthy_probation_window(tmp_path, trust
     clock.now += 2
     deployer.tick()
     assert rec.kinds()[-1] == "running"
-    assert rec.events[-1][1]["bundle"] == second.digest
+    assert rec.events[-1].bundle == second.digest
     assert deployer.store.pointer().state == "committed"
 
 
@@ -247,10 +267,10 @@ def test_an_unhealthy_probation_fails_with_its_reason_and_rolls_back(
     health.frames, health.errors = frames, errors
     clock.now += 31
     deployer.tick()
-    failed = [f for k, f in rec.events if k == "failed"]
-    assert failed[0]["reason"] == reason and failed[0]["bundle"] == second.digest
-    rolled = [f for k, f in rec.events if k == "rolled_back"]
-    assert rolled[0]["bundle"] == second.digest and rolled[0]["reason"] == reason
+    failed = rec.of("failed")
+    assert failed[0].reason == reason and failed[0].bundle == second.digest
+    rolled = rec.of("rolled_back")
+    assert rolled[0].bundle == second.digest and rolled[0].reason == reason
     assert rec.activated[-1].digest == first.digest
     assert deployer.store.pointer().digest == first.digest
     assert deployer.store.pointer().state == "committed"
@@ -266,12 +286,12 @@ def test_restarts_during_probation_count_attempts_and_revert_after_the_max(
         rec.events.clear()
         _deployer(tmp_path, trust, rec, probation_s=30.0).restore()
         assert rec.activated[-1].digest == second.digest
-        assert f"attempt {attempt} of 3" in rec.events[0][1]["message"]
+        assert f"attempt {attempt} of 3" in rec.events[0].message
     rec.events.clear()
     restarted = _deployer(tmp_path, trust, rec, probation_s=30.0)
     restarted.restore()
-    assert [k for k, _ in rec.events] == ["failed", "rolled_back"]
-    assert rec.events[1][1]["reason"] == "probation_crashes"
+    assert rec.kinds() == ["failed", "rolled_back"]
+    assert rec.events[1].reason == "probation_crashes"
     assert rec.activated[-1].digest == first.digest
     assert restarted.store.pointer().state == "committed"
 
@@ -280,11 +300,11 @@ def test_a_first_bundle_that_keeps_crashing_is_dropped_rather_than_started_again
     tmp_path, trust, build_blazeface
 ):
     rec = Recorder()
-    deployer = _deployer(tmp_path, trust, rec, probation_s=30.0, max_probation_attempts=1)
+    deployer = _deployer(tmp_path, trust, rec, probation_s=30.0, max_attempts=1)
     only = build_blazeface(version=1)
     assert deployer.install(only.path, digest=only.digest)
-    _deployer(tmp_path, trust, rec, probation_s=30.0, max_probation_attempts=1).restore()
-    assert "probation_crashes" in [f.get("reason") for _, f in rec.events]
+    _deployer(tmp_path, trust, rec, probation_s=30.0, max_attempts=1).restore()
+    assert "probation_crashes" in [e.reason for e in rec.events]
     assert deployer.store.current() is None
     assert len(rec.activated) == 1
 
@@ -304,13 +324,13 @@ def test_a_restarted_agent_resumes_a_download_asking_only_for_missing_chunks(
     rec.events.clear()
     second_run = _deployer(tmp_path, trust, rec)
     second_run.resume()
-    resumed = next(f for k, f in rec.events if k == "downloading")
+    resumed = rec.of("downloading")[0]
     # progress is saved each tenth of the way, so at most the chunks since then are lost
-    saved = round(resumed["progress"] * len(chunks))
+    saved = round(resumed.progress * len(chunks))
     assert half - len(chunks) / 10 <= saved <= half
-    request = next(f for k, f in rec.events if k == "chunk_request")
-    assert [(r.start, r.end) for r in request["missing"]] == [(saved, len(chunks) - 1)]
-    assert request["cmd_id"] == command.id
+    request = rec.of("chunk_request")[0]
+    assert [(r.start, r.end) for r in request.missing] == [(saved, len(chunks) - 1)]
+    assert request.cmd_id == command.id
     for chunk in chunks[saved:]:
         second_run.on_chunk(built.digest, chunk)
     assert "running" in rec.kinds()
@@ -328,19 +348,19 @@ def test_a_stalled_download_is_asked_again_then_given_up_as_stalled(
     deployer.on_chunk(built.digest, chunks[0])
     for _ in range(5):
         deployer.tick()
-    stalls = [f for k, f in rec.events if k == "downloading" and f.get("reason") == "stalled"]
+    stalls = [e for e in rec.of("downloading") if e.reason == "stalled"]
     # progress reset the count: three requests after it brought nothing, then it gave up
-    assert len(stalls) == 3 and stalls[0]["progress"] == 1 / len(chunks)
-    assert len([k for k in rec.kinds() if k == "chunk_request"]) == 1 + 3
-    failed = [f for k, f in rec.events if k == "failed"]
-    assert len(failed) == 1 and failed[0]["reason"] == "stalled"
+    assert len(stalls) == 3 and stalls[0].progress == 1 / len(chunks)
+    assert len(rec.of("chunk_request")) == 1 + 3
+    failed = rec.of("failed")
+    assert len(failed) == 1 and failed[0].reason == "stalled"
     assert built.digest not in rec.subscribed
     assert list((tmp_path / "downloads").glob("*.offer.json")) == []
     # a later offer of the same bundle starts from the chunk already on disk
     rec.events.clear()
     deployer.on_deploy(Deploy(device="cam-01", bundle=command.bundle))
-    request = next(f for k, f in rec.events if k == "chunk_request")
-    assert request["missing"][0].start == 1
+    request = rec.of("chunk_request")[0]
+    assert request.missing[0].start == 1
 
 
 def test_a_refused_bundle_during_probation_leaves_a_first_trial_running_on(
@@ -356,10 +376,10 @@ def test_a_refused_bundle_during_probation_leaves_a_first_trial_running_on(
     assert deployer.install(first.path, digest=first.digest)
     stranger = build_blazeface(version=2, key=SigningKey.generate())
     assert not deployer.install(stranger.path, digest=stranger.digest)
-    assert "superseded" not in [f.get("reason") for _, f in rec.events]
+    assert "superseded" not in [e.reason for e in rec.events]
     clock.now += 31
     deployer.tick()
-    assert rec.kinds()[-1] == "running" and rec.events[-1][1]["bundle"] == first.digest
+    assert rec.kinds()[-1] == "running" and rec.events[-1].bundle == first.digest
     assert deployer.store.pointer().state == "committed"
 
 
@@ -372,8 +392,8 @@ def test_a_refused_bundle_during_probation_ends_the_trial_on_the_committed_fallb
     deployer, clock, first, second = _on_probation(tmp_path, trust, build_blazeface, rec)
     stranger = build_blazeface(version=3, key=SigningKey.generate())
     assert not deployer.install(stranger.path, digest=stranger.digest)
-    superseded = [f for k, f in rec.events if f.get("reason") == "superseded"]
-    assert superseded[0]["bundle"] == second.digest
+    superseded = [e for e in rec.events if e.reason == "superseded"]
+    assert superseded[0].bundle == second.digest
     assert rec.activated[-1].digest == first.digest
     assert deployer.store.pointer().digest == first.digest
     clock.now += 31

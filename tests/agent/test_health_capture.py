@@ -39,7 +39,8 @@ def test_captured_x86_64_payload_decodes_and_names_every_absent_source() -> None
 
 def test_captured_nvml_payload_matches_nvidia_smi() -> None:
     health = decode((FIXTURES / "captured-nvidia-h200.json").read_bytes(), Health)
-    row = next(csv.reader((FIXTURES / "captured-nvidia-h200-nvidia-smi.csv").open()))
+    with (FIXTURES / "captured-nvidia-h200-nvidia-smi.csv").open() as smi:
+        row = next(csv.reader(smi))
     index, name, util, _used, total, temp, power, sm_clock = (c.strip() for c in row)
     assert name == "NVIDIA H200"
     [gpu] = health.accelerators

@@ -11,9 +11,12 @@ import pytest
 
 from agent.deploy.deployer import DeviceDeployer
 from agent.deploy.http_download import HttpDownloads
+from agent.deploy.installer import Installer
+from agent.link.events import EventReporter
 from ota.http_fetch import RetryPolicy
 from ota.install import SlotStore
-from protocol.messages import BundleOffer, Deploy
+from ota.trust_file import save_trust_store
+from protocol.messages import BundleOffer, Deploy, Event
 
 
 class _Files(BaseHTTPRequestHandler):
@@ -74,16 +77,27 @@ def _offer(built, url: str) -> Deploy:
     )
 
 
-def _deployer(tmp_path: Path, trust, events: list, activated: list) -> DeviceDeployer:
-    trust.save(tmp_path / "trust.json")
-    return DeviceDeployer(
-        store=SlotStore(tmp_path / "store"),
-        downloads=tmp_path / "downloads",
+def _deployer(
+    tmp_path: Path, trust, events: list[Event], activated: list, subscribed: list | None = None
+) -> DeviceDeployer:
+    """A deployer whose events land in `events` and bundle subscriptions in `subscribed`."""
+    subscribed = [] if subscribed is None else subscribed
+    save_trust_store(trust, tmp_path / "trust.json")
+    store = SlotStore(tmp_path / "store")
+    reporter = EventReporter("cam-01", store=events.append, send_now=events.append)
+    installer = Installer(
+        store=store,
         trust_file=tmp_path / "trust.json",
-        subscribe=lambda digest: events.append(("subscribed", {"bundle": digest})),
-        unsubscribe=lambda digest: None,
-        emit=lambda kind, **fields: events.append((kind, fields)),
+        events=reporter,
         activate=activated.append,
+    )
+    return DeviceDeployer(
+        store=store,
+        installer=installer,
+        downloads=tmp_path / "downloads",
+        subscribe=subscribed.append,
+        unsubscribe=lambda digest: None,
+        events=reporter,
     )
 
 
@@ -92,18 +106,20 @@ def test_an_offer_with_a_url_is_downloaded_over_http_and_installed(
 ):
     built = build_blazeface(version=1)
     url = serve(built.path.read_bytes())
-    events: list = []
+    events: list[Event] = []
     activated: list = []
-    deployer = _deployer(tmp_path, trust, events, activated)
+    subscribed: list = []
+    deployer = _deployer(tmp_path, trust, events, activated, subscribed)
     deployer.on_deploy(_offer(built, url))
     # the control thread is not held up: the offer is acknowledged before any byte arrives
-    assert [k for k, _ in events] == ["deploy_offered"]
+    assert [e.kind for e in events] == ["deploy_offered"]
     assert deployer.http.join(10)
     deployer.tick()
-    kinds = [k for k, _ in events]
-    assert "subscribed" not in kinds and "chunk_request" not in kinds
+    kinds: list[str] = [e.kind for e in events]
+    assert subscribed == [] and "chunk_request" not in kinds
     assert kinds.index("downloading") < kinds.index("verified") < kinds.index("running")
-    progress = [f["progress"] for k, f in events if k == "downloading"]
+    progress = [e.progress for e in events if e.kind == "downloading" and e.progress is not None]
+    assert len(progress) == kinds.count("downloading")
     assert progress[-1] == 1.0 and progress == sorted(progress)
     assert activated[0].digest == built.digest
     current = deployer.store.current()
@@ -117,7 +133,7 @@ def test_a_stalled_download_is_retried_then_reported_failed(
 ):
     built = build_blazeface(version=1)
     url = serve(built.path.read_bytes(), hang=True)
-    events: list = []
+    events: list[Event] = []
     deployer = _deployer(tmp_path, trust, events, [])
     deployer.http = HttpDownloads(
         tmp_path / "downloads",
@@ -126,11 +142,11 @@ def test_a_stalled_download_is_retried_then_reported_failed(
     deployer.on_deploy(_offer(built, url))
     assert deployer.http.join(10)
     deployer.tick()
-    retries = [f for k, f in events if k == "downloading" and f.get("level") == "warning"]
-    assert len(retries) == 1 and retries[0]["reason"] == "download_stalled"
-    failed = [f for k, f in events if k == "failed"]
-    assert len(failed) == 1 and failed[0]["reason"] == "download_stalled"
-    assert failed[0]["bundle"] == built.digest
+    retries = [e for e in events if e.kind == "downloading" and e.level == "warning"]
+    assert len(retries) == 1 and retries[0].reason == "stalled"
+    failed = [e for e in events if e.kind == "failed"]
+    assert len(failed) == 1 and failed[0].reason == "stalled"
+    assert failed[0].bundle == built.digest
     assert deployer.store.current() is None
     assert not deployer.http.active(built.digest)
 
@@ -167,15 +183,15 @@ def test_a_restart_mid_download_takes_the_http_download_up_again(
     (tmp_path / "downloads" / f"{built.digest}.bundle").unlink()
     (tmp_path / "downloads" / f"{built.digest}.http.part").write_bytes(data[: len(data) // 2])
 
-    events: list = []
+    events: list[Event] = []
     activated: list = []
     restarted = _deployer(tmp_path, trust, events, activated)
     restarted.resume()
     assert restarted.http.active(built.digest)
-    assert events[0][0] == "downloading" and events[0][1]["message"] == "resumed over HTTP"
+    assert events[0].kind == "downloading" and events[0].message == "resumed over HTTP"
     assert restarted.http.join(10)
     restarted.tick()
-    assert "running" in [k for k, _ in events]
+    assert "running" in [e.kind for e in events]
     assert activated[0].digest == built.digest
     # installed: the offer is forgotten, so a later restart does not fetch it again
     again: list = []

@@ -10,6 +10,7 @@ import pytest
 from agent.deploy.loader import load_model
 from agent.detect.nms import iou_matrix
 from agent.runtimes.base import probe_runtime
+from agent.selection import choose_runtime
 from controller.demo.sample_video import astronaut_frame
 from controller.release.recipes import example_spec
 from device_profiles.schema import RuntimePreference
@@ -35,7 +36,8 @@ def test_centerface_bundle_loads_through_the_loader_and_finds_the_astronaut(
 ):
     # the model file declares a 10x3x32x32 placeholder input: only the spec's 640x480 works
     frame, face = astronaut_frame((640, 480))
-    model = load_model(centerface_installed, [probe_runtime(runtime)], (runtime,), threads=1)
+    choice = choose_runtime(centerface_installed.manifest, [probe_runtime(runtime)], (runtime,))
+    model = load_model(centerface_installed, choice, threads=1)
     try:
         assert model.runtime == runtime
         found = model.detector.detect(frame)
@@ -52,7 +54,8 @@ def test_loader_reports_the_chosen_precision_and_device(centerface_installed):
     onnx = probe_runtime("onnx")
     assert "CPU" in onnx.devices
     pref = RuntimePreference(runtime="onnx", precision="fp32", device="CPU")
-    model = load_model(centerface_installed, [onnx], [pref], threads=1)
+    choice = choose_runtime(centerface_installed.manifest, [onnx], [pref])
+    model = load_model(centerface_installed, choice, threads=1)
     try:
         assert model.runtime == "onnx"
         assert "fp32 CPU preferred and available" in model.reason

@@ -87,19 +87,20 @@ while True:
 
 def test_a_killed_writer_leaves_a_consistent_ordered_outbox(tmp_path):
     path = tmp_path / "o.sqlite"
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", _WRITER, str(path)],
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": os.getcwd()},
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == b"ready"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == b"ready"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
     box = Outbox(path)
     values = [int(i.payload) for i in box.oldest(box.depth)]
+    box.close()
     assert len(values) >= 200 and len(values) == box.depth
     assert values == list(range(len(values)))  # every committed put, in order, no gaps
 

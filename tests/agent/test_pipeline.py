@@ -12,10 +12,10 @@ import pytest
 
 from agent.detect.detector import Detector
 from agent.pipeline.motion import MotionSettings
+from agent.pipeline.settings import CameraSettings
 from agent.pipeline.tracker import TrackerSettings, TrackEvent, iou
 from agent.pipeline.workers import ActiveModel, Pipeline
 from agent.runtimes.litert import LiteRTRuntime
-from agent.settings import CameraSettings
 from controller.demo.sample_video import SampleVideo, write_sample_video
 from ota.manifest import InputSpec, PostprocessSpec
 

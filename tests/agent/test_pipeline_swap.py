@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 
+from agent.pipeline.settings import CameraSettings
 from agent.pipeline.workers import Pipeline
-from agent.settings import CameraSettings
 from controller.demo.sample_video import Placement, write_sample_video
+from controller.demo.waiting import wait_until
 from tests.agent.test_pipeline import blazeface
-
-
-def wait_until(what, check, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_swap_while_frames_flow_loses_no_frame_and_closes_the_old_model_after(

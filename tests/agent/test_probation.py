@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from agent.deploy.probation import CountingDetector, ModelHealth, Probation
+from agent.link.events import DeploymentRef
 from ota.install import InstalledBundle
 
 DIGEST = "ab" * 32
@@ -13,7 +14,7 @@ DIGEST = "ab" * 32
 
 def _trial(deadline=10.0):
     installed = InstalledBundle(slot_dir=None, digest=DIGEST, manifest=None)  # type: ignore[arg-type]
-    return Probation(installed, {"bundle": DIGEST}, attempt=1, deadline=deadline)
+    return Probation(installed, DeploymentRef(DIGEST), attempt=1, deadline=deadline)
 
 
 def _health(frames=5, errors=0, cameras=1, digest=DIGEST):
@@ -23,13 +24,13 @@ def _health(frames=5, errors=0, cameras=1, digest=DIGEST):
 @pytest.mark.parametrize(
     ("health", "now", "verdict", "reason"),
     [
-        (_health(), 5.0, "pending", ""),
-        (_health(), 10.0, "passed", ""),
+        (_health(), 5.0, "pending", None),
+        (_health(), 10.0, "passed", None),
         (None, 5.0, "failed", "not_active"),
         (_health(digest="cd" * 32), 5.0, "failed", "not_active"),
         (_health(errors=1), 5.0, "failed", "inference_errors"),
         (_health(frames=0), 10.0, "failed", "no_frames"),
-        (_health(frames=0, cameras=0), 10.0, "passed", ""),
+        (_health(frames=0, cameras=0), 10.0, "passed", None),
     ],
 )
 def test_judgement(health, now, verdict, reason):

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.deploy.loader import ModelLoadFailed, choose_runtime
+from agent.deploy.loader import ModelLoadFailed
 from agent.runtimes.base import RuntimeProbe
 from agent.runtimes.edgetpu import EdgeTPUEnvironment, probe_environment
+from agent.selection import choose_runtime
 from device_profiles.loader import load_profiles
 from device_profiles.probe import HardwareFacts, detect_profile, effective_runtimes
 from device_profiles.schema import RuntimePreference

@@ -18,6 +18,7 @@ from ota.build import BuiltBundle, BundleSpec, VariantSource, build_bundle
 from ota.keys import SigningKey
 from ota.manifest import InputSpec, PostprocessSpec
 from ota.trust import TrustStore
+from ota.trust_file import save_trust_store
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -45,7 +46,7 @@ def release_key() -> SigningKey:
 @pytest.fixture
 def trust_file(tmp_path, release_key) -> Path:
     path = tmp_path / "trust.json"
-    TrustStore.from_keys([release_key.public_key()]).save(path)
+    save_trust_store(TrustStore.from_keys([release_key.public_key()]), path)
     return path
 
 

@@ -1,12 +1,10 @@
-"""Test doubles made of real parts: an agent that is a real paho client, and waiting helpers."""
+"""Test doubles made of real parts: an agent that is a real paho client."""
 
 from __future__ import annotations
 
 import queue
 import socket
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -14,20 +12,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel
 
 from protocol.codec import Chunk, decode_chunk, decode_command, encode
+from protocol.events import EventKind
 from protocol.messages import ChunkRange, Command, Event, State
 from protocol.topics import DEFAULT_PREFIX, Topics
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `check` until it returns something truthy; fail the test after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 class FakeAgent:
@@ -84,7 +71,8 @@ class FakeAgent:
     def request_chunks(self, digest: str, *ranges: tuple[int, int]) -> None:
         missing = tuple(ChunkRange(start=a, end=b) for a, b in ranges)
         self.send(
-            Event(device=self.device, kind="chunk_request", bundle=digest, missing=missing), "evt"
+            Event(device=self.device, kind=EventKind.CHUNK_REQUEST, bundle=digest, missing=missing),
+            "evt",
         )
 
     def next_command(self, timeout: float = 10.0) -> Command:

@@ -10,14 +10,17 @@ from controller.api.app import ApiContext, create_app
 from controller.bundles.chunks import ChunkServer
 from controller.bundles.repository import BundleRepository, release_verifier
 from controller.db import make_engine, session_factory, upgrade_database
+from controller.demo.waiting import wait_until
 from controller.fleet.deployments import DeploymentService
+from controller.mqtt.commands import CommandSender
 from controller.mqtt.ingest import IngestStats
 from controller.mqtt.session import Publisher
 from controller.settings import MqttSettings
 from ota.keys import SigningKey
+from protocol.events import EventKind
 from protocol.messages import Box, CameraHealth, Detection, DetectionBatch, Event, Health
 from protocol.topics import Topics
-from tests.controller.fleet import FakeAgent, wait_until
+from tests.controller.fleet import FakeAgent
 
 
 @pytest.fixture
@@ -53,9 +56,9 @@ def test_api_serves_what_agents_published(http, agent):
     camera = CameraHealth(camera="cam0", fps_processed=7.5, frames_processed=300)
     agent.send(Health(device="cam-a", cameras=(camera,)), "health")
     agent.send(detections(["face", "person", "face"]), "det")
-    agent.send(Event(device="cam-a", kind="log", message="hello"), "evt")
-    wait_until(lambda: len(rows(http, "/api/events")) == 1, what="event via the API")
-    wait_until(lambda: len(rows(http, "/api/detections")) == 3, what="detections")
+    agent.send(Event(device="cam-a", kind=EventKind.LOG, message="hello"), "evt")
+    wait_until("event via the API", lambda: len(rows(http, "/api/events")) == 1)
+    wait_until("detections", lambda: len(rows(http, "/api/detections")) == 3)
 
     devices = http.get("/api/devices").json()
     assert [(d["id"], d["online"], d["profile"]) for d in devices] == [("cam-a", True, "x86-64")]
@@ -95,8 +98,8 @@ def test_summary_counts_only_the_newest_health_of_each_device(http, mosquitto):
                 camera = CameraHealth(camera="cam0", fps_processed=5.0, frames_processed=frames)
                 one.send(Health(device=one.device, ts=ts, cameras=(camera,)), "health")
         wait_until(
+            "both samples of both devices",
             lambda: all(len(rows(http, f"/api/health/{a.device}")) == 2 for a in fleet),
-            what="both samples of both devices",
         )
         summary = http.get("/api/summary").json()
         assert (summary["devices"], summary["frames"], summary["fps"]) == (2, 601, 10.0)
@@ -122,7 +125,7 @@ def test_bundles_are_uploaded_served_and_deployed(http, agent, controller, make_
     assert part.status_code == 206 and part.content == body[10:110]
 
     agent.online()
-    wait_until(lambda: http.get("/api/devices/cam-a").status_code == 200, what="device")
+    wait_until("device", lambda: http.get("/api/devices/cam-a").status_code == 200)
     made = http.post("/api/deployments", json={"device": "cam-a", "bundle": built.digest})
     assert made.status_code == 202, made.text
     assert made.json()["status"] == "sent"
@@ -158,10 +161,20 @@ def test_app_from_parts_without_trust_store_or_broker(tmp_path, db_url, make_bun
     store = BundleRepository(tmp_path / "bundles", sessions, verify, 4096)
     publisher = Publisher(MqttSettings(port=1), 2, "unused")  # never started
     topics = Topics()
-    deployer = DeploymentService(
-        sessions, store, publisher, ChunkServer(publisher, store, topics, 0), topics
+    commands = CommandSender(publisher, topics)
+    chunks = ChunkServer(publisher, store, topics, 0)
+    deployer = DeploymentService(sessions, store, commands, chunks)
+    ctx = ApiContext(
+        sessions,
+        store,
+        deployer,
+        commands,
+        IngestStats(),
+        publisher,
+        chunks,
+        100_000,
+        mqtt_ready=lambda: False,
     )
-    ctx = ApiContext(sessions, store, deployer, IngestStats(), 100_000, mqtt_ready=lambda: False)
     with TestClient(create_app(ctx)) as client:
         upload = client.post("/api/bundles", content=make_bundle().path.read_bytes())
         assert upload.status_code == 503

@@ -15,9 +15,11 @@ from pydantic import ValidationError
 
 from controller.cli.main import main
 from controller.demo.broker import free_port
+from controller.demo.waiting import wait_until
 from controller.settings import ControllerSettings, load_settings
+from protocol.events import EventKind, EventLevel
 from protocol.messages import Box, Detection, DetectionBatch, Event
-from tests.controller.fleet import FakeAgent, wait_until
+from tests.controller.fleet import FakeAgent
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -44,9 +46,12 @@ def test_cli_commands_show_what_the_controller_has(capsys, controller, agent, ma
     box = Box(x1=0.1, y1=0.1, x2=0.2, y2=0.2)
     det = Detection(camera="cam0", label="person", score=0.7, box=box, ts=5.0)
     agent.send(DetectionBatch(device="cam-a", detections=(det,)), "det")
-    agent.send(Event(device="cam-a", kind="error", level="error", message="camera lost"), "evt")
-    wait_until(lambda: run_json(capsys, api, "events"), what="event via the CLI")
-    wait_until(lambda: run_json(capsys, api, "detections"), what="detection via the CLI")
+    agent.send(
+        Event(device="cam-a", kind=EventKind.ERROR, level=EventLevel.ERROR, message="camera lost"),
+        "evt",
+    )
+    wait_until("event via the CLI", lambda: run_json(capsys, api, "events"))
+    wait_until("detection via the CLI", lambda: run_json(capsys, api, "detections"))
 
     assert [d["id"] for d in run_json(capsys, api, "devices")] == ["cam-a"]
     found = run_json(capsys, api, "detections", "--limit", "5", "--device", "cam-a")
@@ -69,7 +74,7 @@ def test_cli_commands_show_what_the_controller_has(capsys, controller, agent, ma
 @SQLITE_ONLY
 def test_cli_tables_are_readable(capsys, controller, agent):
     agent.online(profile="coral-usb")
-    wait_until(lambda: run_json(capsys, controller.api_url, "devices"), what="device")
+    wait_until("device", lambda: run_json(capsys, controller.api_url, "devices"))
     assert main(["--api", controller.api_url, "devices"]) == 0
     out = capsys.readouterr().out
     assert "cam-a" in out and "coral-usb" in out and "online" in out
@@ -108,31 +113,31 @@ def test_controller_run_serves_until_sigterm(tmp_path, mosquitto, db_url):
         )
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "controller.cli.main", "controller", "run", "--config", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
         cwd=Path(__file__).resolve().parents[2],
-    )
-    try:
+    ) as proc:
+        try:
 
-        def healthy() -> bool:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
+            def healthy() -> bool:
+                assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+                try:
+                    return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+                except httpx.TransportError:
+                    return False
 
-        wait_until(healthy, timeout=20, what="controller run to serve")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-        output = proc.stdout.read().decode() if proc.stdout else ""
-        assert "event=controller_started" in output and "event=controller_stopped" in output
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            wait_until("controller run to serve", healthy, timeout=20)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+            output = proc.stdout.read().decode() if proc.stdout else ""
+            assert "event=controller_started" in output and "event=controller_stopped" in output
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_settings_from_file_env_wins_and_unknown_keys_are_refused(tmp_path, monkeypatch):

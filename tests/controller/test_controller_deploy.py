@@ -12,12 +12,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from controller.bundles.repository import UnknownBundle
 from controller.db import Device
+from controller.demo.waiting import wait_until
 from controller.fleet.deployments import UnknownDevice
 from controller.mqtt.session import Publisher
 from controller.server import Controller
 from controller.settings import MqttSettings
+from protocol.events import EventKind
 from protocol.messages import Ack, Deploy, Event
-from tests.controller.fleet import FakeAgent, wait_until
+from tests.controller.fleet import FakeAgent
 
 
 @pytest.fixture
@@ -37,7 +39,7 @@ def agents(mosquitto):
 def enrolled(ctl: Controller, agent: FakeAgent) -> FakeAgent:
     agent.subscribe(agent.topics.cmd(agent.device))
     agent.online(profile="rpi4")
-    wait_until(lambda: known(ctl, agent.device), what="device known")
+    wait_until("device known", lambda: known(ctl, agent.device))
     return agent
 
 
@@ -120,22 +122,27 @@ def test_deployment_status_follows_acks_and_events(controller, agents, make_bund
     agent.next_command()
 
     agent.send(Ack(device="cam-a", cmd_id=cmd, ok=True), "ack")
-    wait_until(lambda: status_of(controller, cmd) == "accepted", what="accepted")
-    for kind in ("verified", "installing", "running"):
+    wait_until("accepted", lambda: status_of(controller, cmd) == "accepted")
+    for kind in (EventKind.VERIFIED, EventKind.INSTALLING, EventKind.RUNNING):
         agent.send(Event(device="cam-a", kind=kind, bundle=bundle.digest, cmd_id=cmd), "evt")
-    wait_until(lambda: status_of(controller, cmd) == "running", what="running")
+    wait_until("running", lambda: status_of(controller, cmd) == "running")
     # a late or redelivered progress event never moves a deployment back
-    agent.send(Event(device="cam-a", kind="downloading", bundle=bundle.digest), "evt")
+    agent.send(Event(device="cam-a", kind=EventKind.DOWNLOADING, bundle=bundle.digest), "evt")
     agent.send(
-        Event(device="cam-a", kind="rolled_back", bundle=bundle.digest, reason="probation_failed"),
+        Event(
+            device="cam-a",
+            kind=EventKind.ROLLED_BACK,
+            bundle=bundle.digest,
+            reason="probation_failed",
+        ),
         "evt",
     )
-    wait_until(lambda: status_of(controller, cmd) == "rolled_back", what="rolled back")
+    wait_until("rolled back", lambda: status_of(controller, cmd) == "rolled_back")
     assert controller.deployer.get_by_cmd(cmd).reason == "probation_failed"
 
     second = controller.deployer.deploy("cam-a", bundle.digest).cmd_id
     agent.send(Ack(device="cam-a", cmd_id=second, ok=False, detail="disk full"), "ack")
-    wait_until(lambda: status_of(controller, second) == "failed", what="refused by agent")
+    wait_until("refused by agent", lambda: status_of(controller, second) == "failed")
     assert controller.deployer.get_by_cmd(second).reason == "disk full"
     listed = controller.deployer.list(device="cam-a")
     assert [d.cmd_id for d in listed] == [second, cmd]
@@ -147,7 +154,7 @@ def test_chunks_go_only_to_devices_the_bundle_was_deployed_to(controller, agents
     bundle = controller.bundles.add_file(make_bundle().path)
     agent.subscribe(agent.topics.bundle_chunks(bundle.digest))
     agent.request_chunks(bundle.digest, (0, bundle.chunks - 1))  # never deployed to cam-a
-    wait_until(lambda: controller.deployer.chunk_requests_refused == 1, what="request refused")
+    wait_until("request refused", lambda: controller.deployer.chunk_requests_refused == 1)
 
     controller.deployer.deploy("cam-a", bundle.digest)
     agent.next_command()
@@ -178,14 +185,14 @@ def test_publisher_never_has_more_than_its_cap_unacknowledged(mosquitto):
     publisher.start()
     try:
         assert publisher.wait_ready(5)
-        wait_until(lambda: sub.is_connected(), what="subscriber")
+        wait_until("subscriber", lambda: sub.is_connected())
         sub.publish("t/ready", b"x", qos=1).wait_for_publish(5)
         assert received.get(timeout=5) == b"x"
         for i in range(200):
             publisher.publish("t/load", str(i).encode())
         got = [received.get(timeout=5) for _ in range(200)]
         assert sorted(int(g) for g in got) == list(range(200))
-        wait_until(lambda: publisher.inflight == 0, what="all acknowledged")
+        wait_until("all acknowledged", lambda: publisher.inflight == 0)
         assert 1 <= publisher.peak_inflight <= 2
         assert publisher.published == 200
     finally:

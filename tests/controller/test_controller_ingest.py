@@ -19,9 +19,11 @@ from controller.db import (
     session_factory,
     upgrade_database,
 )
+from controller.demo.waiting import wait_until
 from controller.mqtt.ingest import Ingest
 from controller.settings import IngestSettings, MqttSettings
 from protocol.codec import encode
+from protocol.events import EventKind
 from protocol.messages import (
     Ack,
     ActiveBundle,
@@ -34,7 +36,7 @@ from protocol.messages import (
     RuntimeInfo,
     State,
 )
-from tests.controller.fleet import FakeAgent, wait_until
+from tests.controller.fleet import FakeAgent
 
 DIGEST = "ab" * 32
 
@@ -94,11 +96,14 @@ def test_stores_state_health_detections_and_events(start_ingest, agent, sessions
         Health(device="cam-a", cpu_percent=12.5, cameras=(CameraHealth(camera="cam0"),)), "health"
     )
     agent.send(detection_batch("cam-a", 3), "det")
-    agent.send(Event(device="cam-a", kind="running", bundle=DIGEST, message="ok"), "evt")
+    agent.send(Event(device="cam-a", kind=EventKind.RUNNING, bundle=DIGEST, message="ok"), "evt")
     agent.send(Ack(device="cam-a", cmd_id="cmd-1", ok=False, result="busy"), "ack")
 
-    wait_until(lambda: count(sessions, EventRow) == 2, what="event and ack stored")
-    wait_until(lambda: count(sessions, DetectionRow) == 3 and count(sessions, HealthRow) == 1)
+    wait_until("event and ack stored", lambda: count(sessions, EventRow) == 2)
+    wait_until(
+        "detections and health stored",
+        lambda: count(sessions, DetectionRow) == 3 and count(sessions, HealthRow) == 1,
+    )
     with sessions() as s:
         device = s.get(Device, "cam-a")
         assert device is not None and device.online and device.status == "online"
@@ -128,7 +133,7 @@ def test_the_last_will_marks_the_device_offline_and_keeps_its_details(
     start_ingest()
     doomed = FakeAgent(mosquitto.host, mosquitto.port, "cam-will")
     doomed.online(profile="jetson-nano")
-    wait_until(lambda: count(sessions, Device) == 1, what="device online")
+    wait_until("device online", lambda: count(sessions, Device) == 1)
     doomed.crash()
 
     def offline():
@@ -136,19 +141,19 @@ def test_the_last_will_marks_the_device_offline_and_keeps_its_details(
             device = s.get(Device, "cam-will")
             return device is not None and not device.online and device
 
-    device = wait_until(offline, what="last will stored")
+    device = wait_until("last will stored", offline)
     assert device.status == "offline" and device.profile == "jetson-nano"
 
 
 def test_duplicate_ids_are_stored_once(start_ingest, agent, sessions):
     ingest = start_ingest()
     batch = detection_batch("cam-a", 5)
-    event = Event(device="cam-a", kind="log", message="hello")
+    event = Event(device="cam-a", kind=EventKind.LOG, message="hello")
     for _ in range(3):
         agent.send(batch, "det")
         agent.send(event, "evt")
-    wait_until(lambda: ingest.stats.snapshot()["stored"].get("det") == 3, what="all batches")
-    wait_until(lambda: ingest.stats.snapshot()["stored"].get("evt") == 3)
+    wait_until("all batches", lambda: ingest.stats.snapshot()["stored"].get("det") == 3)
+    wait_until("all events", lambda: ingest.stats.snapshot()["stored"].get("evt") == 3)
     assert count(sessions, DetectionRow) == 5
     assert count(sessions, EventRow) == 1
 
@@ -173,19 +178,19 @@ def test_messages_not_committed_before_a_crash_arrive_after_restart(start_ingest
     committed = [detection_batch("cam-a") for _ in range(10)]
     for batch in committed:
         agent.send(batch, "det")
-    wait_until(lambda: count(sessions, DetectionRow) == 10, what="first messages stored")
+    wait_until("first messages stored", lambda: count(sessions, DetectionRow) == 10)
 
     hook.failing = True
     stranded = [detection_batch("cam-a") for _ in range(15)]
     for batch in stranded:
         agent.send(batch, "det")
-    wait_until(lambda: first.stats.snapshot()["received"] >= 25, what="messages received")
-    wait_until(lambda: first.stats.snapshot()["commit_failures"] >= 2, what="commits failing")
+    wait_until("messages received", lambda: first.stats.snapshot()["received"] >= 25)
+    wait_until("commits failing", lambda: first.stats.snapshot()["commit_failures"] >= 2)
     first.stop(timeout=0.3)  # cannot commit: gives up without acknowledging anything
     assert count(sessions, DetectionRow) == 10
 
     second = start_ingest()  # same client id: the broker kept the unacknowledged messages
-    wait_until(lambda: count(sessions, DetectionRow) == 25, what="stranded messages redelivered")
+    wait_until("stranded messages redelivered", lambda: count(sessions, DetectionRow) == 25)
     with sessions() as s:
         stored = set(s.scalars(select(DetectionRow.id)))
     expected = {b.detections[0].id for b in committed + stranded}
@@ -202,7 +207,7 @@ def test_messages_sent_while_the_controller_is_down_are_delivered(start_ingest, 
     for batch in sent[20:]:
         agent.send(batch, "det")
     start_ingest()
-    wait_until(lambda: count(sessions, DetectionRow) == 40, what="all 40 messages stored")
+    wait_until("all 40 messages stored", lambda: count(sessions, DetectionRow) == 40)
 
 
 def _valid_payloads(device: str) -> dict[str, dict]:
@@ -210,7 +215,7 @@ def _valid_payloads(device: str) -> dict[str, dict]:
         "state": State(device=device, status="online"),
         "health": Health(device=device),
         "det": detection_batch(device),
-        "evt": Event(device=device, kind="log"),
+        "evt": Event(device=device, kind=EventKind.LOG),
         "ack": Ack(device=device, cmd_id="c1", ok=True),
     }
     return {channel: json.loads(encode(m)) for channel, m in messages.items()}
@@ -233,7 +238,7 @@ def test_garbage_on_every_channel_is_counted_and_good_messages_still_stored(
             agent.publish_raw(topic, json.dumps({**valid, "device": "cam-b"}).encode())
             agent.publish_raw(f"{prefix}/dev/Not_A_Device/{channel}", text.encode())
         agent.send(detection_batch("cam-a", 2), "det")
-        wait_until(lambda: count(sessions, DetectionRow) == 2, what="good message after garbage")
+        wait_until("good message after garbage", lambda: count(sessions, DetectionRow) == 2)
     assert ingest.stats.snapshot()["rejected"] == {
         "malformed_payload": 15,
         "unsupported_version": 5,

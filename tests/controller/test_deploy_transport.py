@@ -5,11 +5,12 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from controller.demo.waiting import wait_until
 from controller.fleet.deployments import HttpTransportUnavailable
 from controller.settings import ControllerSettings, HttpSettings
 from ota.http_fetch import Wanted, fetch_bundle, part_path
 from protocol.messages import Deploy
-from tests.controller.fleet import FakeAgent, wait_until
+from tests.controller.fleet import FakeAgent
 
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -19,7 +20,7 @@ def agent(mosquitto, controller):
     fake = FakeAgent(mosquitto.host, mosquitto.port, "cam-http")
     fake.subscribe(fake.topics.cmd(fake.device))
     fake.online(profile="rpi4")
-    wait_until(lambda: _known(controller), what="device known")
+    wait_until("device known", lambda: _known(controller))
     yield fake
     fake.close()
 

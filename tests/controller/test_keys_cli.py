@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from controller.cli.main import main
-from ota.errors import BundleRefused, RefusalReason, RootRefused
+from ota.errors import BundleRefused, RootRefused
 from ota.keys import SigningKey
 from ota.root import parse_root
-from ota.trust import TrustStore, apply_root_update
+from ota.trust_file import apply_root_update, load_trust_store
 from ota.verify import verify_bundle
+from protocol.events import RefusalReason
 from tests.ota.ota_forge import forge, manifest_for
 
 FILES = {"litert-fp32/model.tflite": os.urandom(3000), "shared/labels.txt": b"face\n"}
@@ -65,7 +66,7 @@ def test_init_writes_private_keys_0600_and_a_self_signed_root(folder: Path) -> N
         assert stat.S_IMODE(pem.stat().st_mode) == 0o600
     root = parse_root((folder / "root.json").read_bytes())
     assert root.version == 1 and root.signed.roles.root.threshold == 2
-    assert TrustStore.load(folder / "trust.json").root_version == 1
+    assert load_trust_store(folder / "trust.json").root_version == 1
 
 
 def test_rotate_root_twice_gives_a_chain_a_v1_device_follows(folder: Path, device: Path):
@@ -102,7 +103,7 @@ def test_revoke_release_refuses_bundles_signed_by_that_key(folder, device, tmp_p
 
     for version in (2, 3):
         apply_root_update(device, (folder / f"root.{version}.json").read_bytes(), now())
-    trust = TrustStore.load(device)
+    trust = load_trust_store(device)
 
     with old_bundle.open("rb") as stream, pytest.raises(BundleRefused) as refused:
         verify_bundle(stream, trust, now())

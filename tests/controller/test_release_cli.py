@@ -10,9 +10,10 @@ import pytest
 
 from controller.cli.main import main
 from controller.release.recipes import SPECS_DIR
-from ota.errors import BundleRefused, RefusalReason
-from ota.trust import TrustStore
+from ota.errors import BundleRefused
+from ota.trust_file import load_trust_store
 from ota.verify import verify_bundle
+from protocol.events import RefusalReason
 
 
 def test_keys_init_then_bundle_build_gives_a_bundle_the_trust_store_accepts(
@@ -22,7 +23,7 @@ def test_keys_init_then_bundle_build_gives_a_bundle_the_trust_store_accepts(
     assert main(["keys", "init", "--dir", str(keys), "--count", "2", "--threshold", "2"]) == 0
     for pem in ("release-1.pem", "release-2.pem"):
         assert stat.S_IMODE((keys / pem).stat().st_mode) == 0o600
-    trust = TrustStore.load(keys / "trust.json")
+    trust = load_trust_store(keys / "trust.json")
     assert trust.threshold == 2 and len(trust.release_keys) == 2
 
     out = tmp_path / "face.bundle"

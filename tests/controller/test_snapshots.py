@@ -9,18 +9,25 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from controller.api.snapshots import snapshots_router
 from controller.db import Device, make_engine, session_factory, upgrade_database
-from controller.fleet.snapshots import (
-    SnapshotRefused,
-    SnapshotRequests,
-    SnapshotStore,
-    snapshot_router,
-)
+from controller.fleet.snapshots import SnapshotRefused, SnapshotRequests, SnapshotStore
+from controller.mqtt.commands import CommandSender
 from protocol.codec import decode_command
 from protocol.messages import Snapshot
 from protocol.topics import Topics
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 100 + b"\xff\xd9"
+
+
+class Recorder:
+    """Stands in for the publisher: keeps what would have been published."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    def publish(self, topic: str, payload: bytes, *, timeout: float = 30.0) -> None:
+        self.sent.append((topic, payload))
 
 
 @pytest.fixture
@@ -30,19 +37,18 @@ def api(tmp_path, db_url):
     sessions = session_factory(engine)
     with sessions.begin() as session:
         session.add(Device(id="cam-a", first_seen=time.time(), last_seen=time.time()))
-    sent: list[tuple[str, bytes]] = []
+    recorder = Recorder()
     store = SnapshotStore(tmp_path / "snapshots", max_bytes=4096)
     requests = SnapshotRequests(
         store,
         sessions,
-        lambda topic, payload: sent.append((topic, payload)),
-        Topics(),
+        CommandSender(recorder, Topics()),
         lambda: "http://controller.test:8080/",
     )
     app = FastAPI()
-    app.include_router(snapshot_router(requests))
+    app.include_router(snapshots_router(requests, store))
     with TestClient(app) as client:
-        yield client, sent, store
+        yield client, recorder.sent, store
     engine.dispose()
 
 

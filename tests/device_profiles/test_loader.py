@@ -7,6 +7,7 @@ import pytest
 from device_profiles.errors import ProfileFileError, UnknownProfileError
 from device_profiles.loader import PACKAGE_DIR, get_profile, load_profiles
 from device_profiles.schema import DeviceProfile
+from protocol.events import RuntimeKey
 
 EXPECTED = {
     "jetson-nano",
@@ -129,3 +130,17 @@ def test_unknown_profile_name_lists_the_known_ones():
         get_profile("toaster")
     assert "toaster" in str(caught.value)
     assert "jetson-nano" in caught.value.known
+
+
+def test_runtimes_in_profiles_are_runtime_keys(tmp_path: Path):
+    (tmp_path / "tiny.yaml").write_text(GOOD)
+    tiny = load_profiles(tmp_path)["tiny"]
+    assert tiny.runtimes[0].runtime is RuntimeKey.ONNX
+    for profile in load_profiles().values():
+        assert all(isinstance(p.runtime, RuntimeKey) for p in profile.runtimes)
+
+
+@pytest.mark.parametrize("key", list(RuntimeKey))
+def test_every_runtime_key_may_be_named_in_a_profile(tmp_path: Path, key: RuntimeKey):
+    (tmp_path / "tiny.yaml").write_text(GOOD.replace("runtime: onnx", f"runtime: {key.value}"))
+    assert load_profiles(tmp_path)["tiny"].runtimes[0].runtime is key

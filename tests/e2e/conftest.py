@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,12 +18,13 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.demo.run import spawn_agent, stop_agent
+from controller.demo.processes import spawn_agent, stop_agent
 from controller.demo.sample_video import Placement, write_sample_video
 from controller.server import Controller
 from controller.settings import ControllerSettings, HttpSettings, MqttSettings
 from ota.install import InstalledBundle, SlotStore
 from ota.trust import TrustStore
+from ota.trust_file import save_trust_store
 from protocol.codec import decode_agent_message
 from protocol.messages import DetectionBatch, Event, Health, State
 from protocol.topics import Topics
@@ -105,17 +105,6 @@ class Observer:
         self.client.disconnect()
 
 
-def poll(what: str, check, timeout: float = 30.0, interval: float = 0.2):
-    """For state only reachable over HTTP: ask until `check()` is truthy, bounded."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def slot_files_intact(bundle: InstalledBundle) -> bool:
     """Every file the manifest lists is on disk with its size and sha256."""
     for entry in bundle.manifest.all_files().values():
@@ -167,7 +156,7 @@ class KillFleet:
         self.agent: subprocess.Popen[bytes] | None = None
 
     def _save_trust(self, path: Path) -> Path:
-        self.trust.save(path)
+        save_trust_store(self.trust, path)
         return path
 
     @property

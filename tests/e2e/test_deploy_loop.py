@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import httpx
@@ -13,26 +12,18 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.demo.run import spawn_agent, stop_agent, write_agent_config
+from controller.demo.processes import spawn_agent, stop_agent, write_agent_config
 from controller.demo.sample_video import Placement, astronaut_frame, write_sample_video
+from controller.demo.waiting import wait_until
 from controller.server import Controller
 from controller.settings import ControllerSettings, HttpSettings, MqttSettings
 from ota.keys import SigningKey
 from ota.trust import TrustStore
+from ota.trust_file import save_trust_store
 
 pytestmark = pytest.mark.e2e
 
 DEVICE = "e2e-cam-01"
-
-
-def wait_for(what, check, timeout=60.0, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def iou(a, b):
@@ -53,7 +44,9 @@ def fleet(tmp_path, mosquitto, release_key):
     """
     other_key = SigningKey.generate()
     controller_trust = tmp_path / "controller-trust.json"
-    TrustStore.from_keys([release_key.public_key(), other_key.public_key()]).save(controller_trust)
+    save_trust_store(
+        TrustStore.from_keys([release_key.public_key(), other_key.public_key()]), controller_trust
+    )
     settings = ControllerSettings(
         data_dir=tmp_path / "controller",
         mqtt=MqttSettings(port=mosquitto.port, client_id="e2e-controller"),
@@ -64,7 +57,7 @@ def fleet(tmp_path, mosquitto, release_key):
 
     agent_dir = tmp_path / "agent"
     agent_dir.mkdir()
-    TrustStore.from_keys([release_key.public_key()]).save(agent_dir / "trust.json")
+    save_trust_store(TrustStore.from_keys([release_key.public_key()]), agent_dir / "trust.json")
     video = write_sample_video(
         tmp_path / "astronaut.avi",
         fps=10,
@@ -123,14 +116,14 @@ def events(http, kind=None):
 
 def test_deploy_detect_and_refuse_tampered_bundles(fleet, build_blazeface):
     http = fleet.http
-    wait_for("agent online", lambda: (device(http) or {}).get("online"), 60)
+    wait_until("agent online", lambda: (device(http) or {}).get("online"), 60)
 
     v1 = build_blazeface(version=1)
     digest = deploy(http, v1.path)
-    wait_for("bundle running", lambda: (device(http) or {}).get("active_digest") == digest, 60)
+    wait_until("bundle running", lambda: (device(http) or {}).get("active_digest") == digest, 60)
     assert device(http)["active_runtime"] == "litert"
 
-    detections = wait_for(
+    detections = wait_until(
         "4 detection events",
         lambda: (
             (d := http.get("/api/detections", params={"limit": 50}).json()) and len(d) >= 4 and d
@@ -155,14 +148,14 @@ def test_deploy_detect_and_refuse_tampered_bundles(fleet, build_blazeface):
     data[member.offset_data + 1000] ^= 0xFF
     stored.write_bytes(bytes(data))
     http.post("/api/deployments", json={"device": DEVICE, "bundle": v2.digest})
-    failed = wait_for("refusal of the altered bundle", lambda: events(http, "failed"), 60)
+    failed = wait_until("refusal of the altered bundle", lambda: events(http, "failed"), 60)
     assert failed[0]["bundle"] == v2.digest
     assert failed[0]["reason"] == "hash_mismatch"
 
     # 2. a bundle signed by a key the device does not trust
     v3 = build_blazeface(version=3, key=fleet.other_key)
     digest3 = deploy(http, v3.path)
-    refused = wait_for(
+    refused = wait_until(
         "refusal of the untrusted bundle",
         lambda: [e for e in events(http, "failed") if e["bundle"] == digest3],
         60,
@@ -172,7 +165,7 @@ def test_deploy_detect_and_refuse_tampered_bundles(fleet, build_blazeface):
     # the agent kept the model it had and keeps detecting with it
     assert device(http)["active_digest"] == digest
     before = http.get("/api/summary").json()["detections"]
-    wait_for(
+    wait_until(
         "detections after the refusals",
         lambda: http.get("/api/summary").json()["detections"] > before + 2,
         30,
@@ -182,7 +175,7 @@ def test_deploy_detect_and_refuse_tampered_bundles(fleet, build_blazeface):
 
 def test_garbage_on_agent_topics_is_counted_and_does_not_stop_the_controller(fleet):
     http = fleet.http
-    wait_for("agent online", lambda: (device(http) or {}).get("online"), 60)
+    wait_until("agent online", lambda: (device(http) or {}).get("online"), 60)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="e2e-garbage")
     client.connect("127.0.0.1", fleet.broker.port)
     client.loop_start()
@@ -216,10 +209,10 @@ def test_garbage_on_agent_topics_is_counted_and_does_not_stop_the_controller(fle
             if line.startswith("edgefleet_ingest_rejected_total")
         )
 
-    wait_for("garbage counted", lambda: rejected_total() >= len(garbage) - 1, 30)
+    wait_until("garbage counted", lambda: rejected_total() >= len(garbage) - 1, 30)
     # the ingest keeps storing real messages: the agent's health keeps arriving
     count = len(http.get(f"/api/health/{DEVICE}", params={"limit": 1000}).json())
-    wait_for(
+    wait_until(
         "health after garbage",
         lambda: len(http.get(f"/api/health/{DEVICE}", params={"limit": 1000}).json()) > count,
         30,
@@ -229,8 +222,8 @@ def test_garbage_on_agent_topics_is_counted_and_does_not_stop_the_controller(fle
 
 def test_a_killed_agent_is_reported_offline_by_its_last_will(fleet):
     http = fleet.http
-    wait_for("agent online", lambda: (device(http) or {}).get("online"), 60)
+    wait_until("agent online", lambda: (device(http) or {}).get("online"), 60)
     fleet.agent.kill()
     fleet.agent.wait(timeout=10)
     # the broker publishes the retained offline state after 1.5 keep-alive periods
-    wait_for("offline by Last Will", lambda: device(http)["online"] is False, 30)
+    wait_until("offline by Last Will", lambda: device(http)["online"] is False, 30)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from controller.demo.waiting import wait_until
 from controller.fleet.deployments import HttpTransportUnavailable
-from tests.e2e.conftest import FLEET_DEVICE, poll
+from tests.e2e.conftest import FLEET_DEVICE
 
 pytestmark = pytest.mark.e2e
 
@@ -15,7 +16,7 @@ def test_deploy_over_http_installs_the_bundle_and_detections_flow(kill_fleet, bu
     controller, observer = fleet.controller, fleet.observer
     fleet.start_agent()
     observer.wait("agent online", lambda seen: any(s.status == "online" for s in seen.states))
-    poll("device registered", lambda: fleet.device().get("online"))
+    wait_until("device registered", lambda: fleet.device().get("online"))
     bundle = build_blazeface(version=1)
     response = fleet.http.post("/api/bundles", content=bundle.path.read_bytes())
     assert response.status_code == 201, response.text
@@ -39,7 +40,7 @@ def test_deploy_over_http_installs_the_bundle_and_detections_flow(kill_fleet, bu
     assert len(progress) >= 2 and progress == sorted(progress) and progress[-1] == 1.0
     # not one byte of it went over MQTT
     assert controller.chunks.chunks_sent == 0
-    poll(
+    wait_until(
         "deployment running",
         lambda: (found := deployer.get_by_cmd(info.cmd_id)) and found.status == "running",
     )

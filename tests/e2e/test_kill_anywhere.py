@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import KillFleet, poll, slot_files_intact
+from controller.demo.waiting import wait_until
+from tests.e2e.conftest import KillFleet, slot_files_intact
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +27,7 @@ def _start_on(fleet: KillFleet, digest: str, fault: str | None = None, since: in
         ),
     )
     # the controller takes deployments only for devices its ingest has stored
-    poll("controller knows the agent", lambda: fleet.device().get("online"))
+    wait_until("controller knows the agent", lambda: fleet.device().get("online"))
 
 
 def _ends_running(fleet: KillFleet, digest: str, since: int, detections: int) -> None:
@@ -34,7 +35,7 @@ def _ends_running(fleet: KillFleet, digest: str, since: int, detections: int) ->
     obs = fleet.observer
     obs.wait("running event", lambda seen: fleet_events(seen, "running", digest, since), 90)
     _frames_flow(obs, detections)
-    poll("controller shows it", lambda: fleet.device().get("active_digest") == digest)
+    wait_until("controller shows it", lambda: fleet.device().get("active_digest") == digest)
     assert fleet.device()["online"] is True
     _on_committed(fleet, digest)
 
@@ -156,7 +157,7 @@ def test_a_bundle_that_crashes_every_probation_is_reverted_after_the_max_attempt
     failed = fleet_events(obs.seen, "failed", new.digest, since)
     assert failed and failed[0].reason == "probation_crashes"
     _frames_flow(obs, detections)
-    poll(
+    wait_until(
         "controller shows the old bundle", lambda: fleet.device().get("active_digest") == old.digest
     )
     _on_committed(fleet, old.digest)

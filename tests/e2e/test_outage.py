@@ -16,26 +16,18 @@ from sqlalchemy import select
 
 from agent.link.outbox import Outbox, OutboxSettings
 from controller.db import DetectionRow, EventRow
-from controller.demo.run import spawn_agent
+from controller.demo.processes import spawn_agent
 from controller.demo.sample_video import Placement, write_sample_video
+from controller.demo.waiting import wait_until
 from controller.server import Controller
 from controller.settings import ControllerSettings, HttpSettings, MqttSettings
 from ota.install import SlotStore
+from ota.trust_file import save_trust_store
 
 pytestmark = pytest.mark.e2e
 
 DEVICE = "outage-cam-01"
 OUTAGE_S = 20.0
-
-
-def wait_for(what, check, timeout=60.0, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def journal_count(path: Path) -> int:
@@ -68,7 +60,7 @@ def test_outage_and_sigkill_lose_nothing_and_duplicate_nothing(
     ).start()
     agent_dir = tmp_path / "agent"
     agent_dir.mkdir()
-    trust.save(agent_dir / "trust.json")
+    save_trust_store(trust, agent_dir / "trust.json")
     SlotStore(agent_dir / "bundles").install(
         build_blazeface(version=1).path, trust, datetime.now(timezone.utc)
     )
@@ -103,17 +95,17 @@ def test_outage_and_sigkill_lose_nothing_and_duplicate_nothing(
     log = tmp_path / "agent.log"
     agent = spawn_agent(config, log)
     try:
-        wait_for("detections at the controller", lambda: len(stored_ids(controller)[0]) >= 2)
+        wait_until("detections at the controller", lambda: len(stored_ids(controller)[0]) >= 2, 60)
 
         # 1. the broker goes away for 20 s while events keep coming
         recorded = journal_count(journal)
         mosquitto.stop()
         down_at = time.monotonic()
-        wait_for("events during the outage", lambda: journal_count(journal) >= recorded + 6, 30)
+        wait_until("events during the outage", lambda: journal_count(journal) >= recorded + 6, 30)
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))  # the outage's length
         during = journal_count(journal) - recorded
         mosquitto.start()
-        wait_for(
+        wait_until(
             "the outage's events at the controller",
             lambda: len(stored_ids(controller)[0]) >= recorded + during - 2,
             30,
@@ -124,7 +116,7 @@ def test_outage_and_sigkill_lose_nothing_and_duplicate_nothing(
         agent.wait(timeout=10)
         killed_at = journal_count(journal)
         agent = spawn_agent(config, log)
-        wait_for("events after the restart", lambda: journal_count(journal) >= killed_at + 4, 30)
+        wait_until("events after the restart", lambda: journal_count(journal) >= killed_at + 4, 30)
         agent.send_signal(signal.SIGTERM)  # a clean stop flushes the outbox
         assert agent.wait(timeout=20) == 0
 
@@ -139,7 +131,7 @@ def test_outage_and_sigkill_lose_nothing_and_duplicate_nothing(
             dets, evts = stored_ids(controller)
             return set(ids) <= set(dets) | evts
 
-        wait_for("every recorded id at the controller", everything_arrived, 30)
+        wait_until("every recorded id at the controller", everything_arrived, 30)
         dets, evts = stored_ids(controller)
         # exactly once: nothing missing, nothing the agent did not record, no id twice
         assert len(dets) == len(set(dets))

@@ -13,10 +13,11 @@ import pytest
 
 from agent.detect.detector import Detector
 from agent.runtimes.litert import LiteRTRuntime
+from controller.demo.waiting import wait_until
 from ota.manifest import InputSpec, PostprocessSpec
-from protocol.codec import decode, decode_snapshot_chunk, encode
+from protocol.codec import decode, decode_snapshot_chunk
 from protocol.messages import Ack, Snapshot
-from tests.e2e.conftest import FLEET_DEVICE, KillFleet, poll
+from tests.e2e.conftest import FLEET_DEVICE, KillFleet
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +61,7 @@ def face_track(fleet: KillFleet) -> tuple[str, int]:
             None,
         )
 
-    return poll("a face detection at the controller", found, 60)
+    return wait_until("a face detection at the controller", found, 60)
 
 
 def test_snapshot_of_the_face_track_is_uploaded_and_served_as_a_jpeg_with_the_face(
@@ -69,7 +70,7 @@ def test_snapshot_of_the_face_track_is_uploaded_and_served_as_a_jpeg_with_the_fa
     fleet = kill_fleet
     fleet.preinstall(build_blazeface(version=1).path)
     fleet.start_agent()
-    poll("device registered", lambda: fleet.device().get("online"), 60)
+    wait_until("device registered", lambda: fleet.device().get("online"), 60)
     camera, track_id = face_track(fleet)
 
     response = fleet.http.post(
@@ -77,7 +78,7 @@ def test_snapshot_of_the_face_track_is_uploaded_and_served_as_a_jpeg_with_the_fa
     )
     assert response.status_code == 202, response.text
     snapshot_id = response.json()["snapshot_id"]
-    served = poll(
+    served = wait_until(
         "snapshot uploaded",
         lambda: (r := fleet.http.get(f"/api/snapshots/{snapshot_id}")).status_code == 200 and r,
         30,
@@ -104,13 +105,11 @@ def test_snapshot_without_upload_url_arrives_in_mqtt_chunks(
     fleet = kill_fleet
     fleet.preinstall(build_blazeface(version=1).path)
     fleet.start_agent()
-    poll("device registered", lambda: fleet.device().get("online"), 60)
+    wait_until("device registered", lambda: fleet.device().get("online"), 60)
     camera, track_id = face_track(fleet)
     command = Snapshot(device=FLEET_DEVICE, camera=camera, track_id=track_id)
     with SnapListener(fleet) as listener:
-        fleet.controller.publisher.publish(
-            fleet.controller.deployer.topics.cmd(FLEET_DEVICE), encode(command), timeout=10
-        )
+        fleet.controller.commands.send(command)
         ack = listener.ack(command.id)
         assert (ack.ok, ack.result) == (True, "sent"), ack.detail
         total = int(ack.detail.split("chunks=")[1].split()[0])
@@ -126,7 +125,7 @@ class SnapListener:
     """Acks and snapshot chunks of the fleet's device, awaited by command id."""
 
     def __init__(self, fleet: KillFleet) -> None:
-        self.topics = fleet.controller.deployer.topics
+        self.topics = fleet.controller.topics
         self._cond = threading.Condition()
         self._acks: dict[str, Ack] = {}
         self._chunks: dict[str, dict[int, bytes]] = {}

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,27 +14,19 @@ import httpx
 import pytest
 
 from controller.cli.main import main as edgefleet
-from controller.demo.run import spawn_agent, stop_agent, write_agent_config
+from controller.demo.processes import spawn_agent, stop_agent, write_agent_config
+from controller.demo.waiting import wait_until
 from controller.server import Controller
 from controller.settings import ControllerSettings, HttpSettings, MqttSettings
 from ota.build import BundleSpec, VariantSource, build_bundle
 from ota.keys import SigningKey
 from ota.manifest import InputSpec, PostprocessSpec
 from ota.trust import TrustStore
+from ota.trust_file import load_trust_store, save_trust_store
 
 pytestmark = pytest.mark.e2e
 
 DEVICE = "e2e-trust-01"
-
-
-def wait_for(what: str, check, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def signed_bundle(tmp_path: Path, key: SigningKey) -> Path:
@@ -65,7 +56,7 @@ def fleet(tmp_path: Path, mosquitto):
     assert edgefleet(["keys", "init", "--dir", str(keys)]) == 0
     controller_trust = tmp_path / "controller-trust.json"
     first_release = SigningKey.load(keys / "release-1.pem")
-    TrustStore.from_keys([first_release.public_key()]).save(controller_trust)
+    save_trust_store(TrustStore.from_keys([first_release.public_key()]), controller_trust)
     controller = Controller(
         ControllerSettings(
             data_dir=tmp_path / "controller",
@@ -110,7 +101,7 @@ def push(api: str, *roots: Path, capsys) -> str:
 
 def test_root_rotation_pushed_over_mqtt_revokes_a_release_key(fleet, tmp_path, capsys):
     keys, device_trust, controller, http = fleet
-    wait_for("the device to register", lambda: http.get("/api/devices").json())
+    wait_until("the device to register", lambda: http.get("/api/devices").json())
     old_release = SigningKey.load(keys / "release-1.pem")
     assert edgefleet(["keys", "add-release", "--dir", str(keys)]) == 0
     assert edgefleet(["keys", "revoke-release", "--dir", str(keys), old_release.keyid]) == 0
@@ -119,9 +110,9 @@ def test_root_rotation_pushed_over_mqtt_revokes_a_release_key(fleet, tmp_path, c
 
     # v3 alone skips v2 (same root keys, so only the version gives it away)
     skipped = push(api, keys / "root.3.json", capsys=capsys)
-    ack = wait_for("the refusal", lambda: ack_for(http, skipped))
+    ack = wait_until("the refusal", lambda: ack_for(http, skipped))
     assert ack["reason"] == "root_version" and ack["level"] == "error"
-    assert TrustStore.load(device_trust).root_version == 1
+    assert load_trust_store(device_trust).root_version == 1
 
     # the controller checks a chain before sending it anywhere
     junk = http.post("/api/trust", content=b"{}")
@@ -132,7 +123,7 @@ def test_root_rotation_pushed_over_mqtt_revokes_a_release_key(fleet, tmp_path, c
 
     chain = [keys / f"root.{n}.json" for n in (2, 3, 4)]
     pushed = push(api, *chain, capsys=capsys)
-    ack = wait_for("the trust update", lambda: ack_for(http, pushed))
+    ack = wait_until("the trust update", lambda: ack_for(http, pushed))
     assert ack["reason"] == "trusted", ack
     assert device_trust.read_bytes() == (keys / "root.4.json").read_bytes()
 
@@ -147,4 +138,4 @@ def test_root_rotation_pushed_over_mqtt_revokes_a_release_key(fleet, tmp_path, c
         found = http.get("/api/events", params={"device": DEVICE, "limit": 100}).json()
         return next((e for e in found if e["kind"] == "failed" and e["bundle"] == digest), None)
 
-    assert wait_for("the device's refusal", refused)["reason"] == "revoked_key"
+    assert wait_until("the device's refusal", refused)["reason"] == "revoked_key"

@@ -15,7 +15,9 @@ import pytest
 
 from ota.http_fetch import (
     FetchBadResponse,
+    FetchCancelled,
     FetchDigestMismatch,
+    FetchError,
     FetchHttpStatus,
     FetchStalled,
     RetryPolicy,
@@ -24,6 +26,7 @@ from ota.http_fetch import (
     final_path,
     part_path,
 )
+from protocol.events import RefusalReason, TransferReason
 
 PAYLOAD = os.urandom(300_000)
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -123,7 +126,8 @@ def test_a_cut_connection_resumes_with_a_range_request(server, tmp_path):
     assert not part_path(tmp_path, DIGEST).exists()
     cut_at = len(PAYLOAD) // 3
     assert script.ranges == [None, f"bytes={cut_at}-"]
-    assert retries == ["download_stalled"]
+    assert retries == [TransferReason.STALLED]
+    assert retries[0] == "stalled"
     assert seen == sorted(seen) and seen[-1] == len(PAYLOAD)
 
 
@@ -157,7 +161,7 @@ def test_a_corrupted_download_is_refused_and_never_left_as_good(server, tmp_path
     script.plans = ["corrupt"]
     with pytest.raises(FetchDigestMismatch) as caught:
         fetch(url, tmp_path)
-    assert caught.value.reason == "hash_mismatch"
+    assert caught.value.reason is RefusalReason.HASH_MISMATCH
     assert not part_path(tmp_path, DIGEST).exists()
     assert not final_path(tmp_path, DIGEST).exists()
     # the next try starts clean and succeeds
@@ -202,3 +206,18 @@ def test_retry_delays_grow_exponentially_within_the_jitter_and_the_cap():
     for failures, base in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)]:
         delay = policy.delay(failures, rng)
         assert base * 0.75 <= delay <= base * 1.25
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (FetchError("x"), TransferReason.DOWNLOAD_FAILED),
+        (FetchStalled("x"), TransferReason.STALLED),
+        (FetchHttpStatus(404, "x"), TransferReason.HTTP_STATUS),
+        (FetchBadResponse("x"), TransferReason.BAD_RESPONSE),
+        (FetchDigestMismatch("x"), RefusalReason.HASH_MISMATCH),
+        (FetchCancelled("x"), TransferReason.CANCELLED),
+    ],
+)
+def test_every_download_failure_reports_a_reason_code_member(error, reason) -> None:
+    assert error.reason is reason

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pickle
 
-from ota.errors import BundleRefused, RefusalReason
+from ota.errors import BundleRefused
+from protocol.events import RefusalReason
 
 REQUIRED = {
     "unsigned",

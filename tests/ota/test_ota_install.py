@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 from ota.build import BundleSpec, build_bundle
-from ota.errors import BundleRefused, RefusalReason
+from ota.errors import BundleRefused
 from ota.install import Pointer, SlotStore, StoreCorrupt
 from ota.keys import SigningKey
 from ota.trust import TrustStore
+from protocol.events import RefusalReason
 from tests.ota.ota_forge import NOW, file_members, forge, head, manifest_for, write_tar
 
 LABELS = "shared/labels.txt"

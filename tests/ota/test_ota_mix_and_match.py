@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from ota.errors import BundleRefused, RefusalReason
+from ota.errors import BundleRefused
 from ota.install import SlotStore
 from ota.keys import SigningKey
 from ota.trust import TrustStore
 from ota.verify import verify_bundle
+from protocol.events import RefusalReason
 from tests.ota.ota_forge import NOW, file_members, forge, head, manifest_for, write_tar
 
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from ota.errors import RefusalReason, RootRefused
+from ota.errors import RootRefused
 from ota.keys import SigningKey
 from ota.root import load_root, parse_root, update_root
+from protocol.events import RefusalReason
 from tests.ota.ota_forge import NOW
 
 DAY = timedelta(days=1)

@@ -7,7 +7,9 @@ import pytest
 from pydantic import ValidationError
 
 from ota.keys import SigningKey
+from ota.root import trust_store_from_bytes
 from ota.trust import TrustStore
+from ota.trust_file import load_trust_store, save_trust_store
 
 
 def test_trust_store_round_trips_through_a_file(key: SigningKey, tmp_path: Path) -> None:
@@ -17,8 +19,8 @@ def test_trust_store_round_trips_through_a_file(key: SigningKey, tmp_path: Path)
     )
     path = tmp_path / "trust.json"
 
-    store.save(path)
-    loaded = TrustStore.load(path)
+    save_trust_store(store, path)
+    loaded = load_trust_store(path)
 
     assert loaded == store
     assert loaded.threshold == 2
@@ -30,8 +32,8 @@ def test_saving_the_same_store_gives_the_same_file(tmp_path: Path) -> None:
     keys = [SigningKey.generate().public_key() for _ in range(3)]
     store = TrustStore.from_keys(keys, revoked=[k.keyid for k in keys])
 
-    store.save(tmp_path / "one.json")
-    store.save(tmp_path / "two.json")
+    save_trust_store(store, tmp_path / "one.json")
+    save_trust_store(store, tmp_path / "two.json")
 
     assert (tmp_path / "one.json").read_bytes() == (tmp_path / "two.json").read_bytes()
 
@@ -61,10 +63,20 @@ def test_threshold_above_key_count_is_refused(key: SigningKey) -> None:
 
 def test_unknown_fields_in_a_trust_file_are_refused(key: SigningKey, tmp_path: Path) -> None:
     path = tmp_path / "trust.json"
-    TrustStore.from_keys([key.public_key()]).save(path)
+    save_trust_store(TrustStore.from_keys([key.public_key()]), path)
     data = json.loads(path.read_text())
     data["root_keys"] = {}
     path.write_text(json.dumps(data))
 
     with pytest.raises(ValidationError, match="root_keys"):
-        TrustStore.load(path)
+        load_trust_store(path)
+
+
+def test_store_json_is_what_the_file_holds_and_reads_back(key: SigningKey, tmp_path: Path) -> None:
+    store = TrustStore.from_keys([key.public_key()])
+    path = tmp_path / "trust.json"
+
+    save_trust_store(store, path)
+
+    assert path.read_bytes() == store.to_json()
+    assert trust_store_from_bytes(store.to_json()) == store

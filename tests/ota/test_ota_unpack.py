@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from ota.errors import BundleRefused, RefusalReason
+from ota.errors import BundleRefused
 from ota.keys import SigningKey
 from ota.trust import TrustStore
 from ota.unpack import DirectorySink, verify_bundle_file
+from protocol.events import RefusalReason
 from tests.ota.ota_forge import NOW, file_members, forge, head, manifest_for, write_tar
 
 MODEL = "litert-fp32/model.tflite"

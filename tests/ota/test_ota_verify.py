@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from ota.build import BundleSpec, build_bundle
-from ota.errors import BundleRefused, RefusalReason
+from ota.errors import BundleRefused
 from ota.keys import SigningKey
 from ota.manifest import Manifest
 from ota.trust import TrustStore
 from ota.verify import verify_bundle
+from protocol.events import RefusalReason
 from tests.ota.ota_forge import NOW, Member, file_members, forge, head, manifest_for, write_tar
 
 

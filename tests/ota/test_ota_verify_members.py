@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ota.errors import BundleRefused, RefusalReason
+from ota.errors import BundleRefused
 from ota.keys import SigningKey
 from ota.trust import TrustStore
 from ota.verify import verify_bundle
+from protocol.events import RefusalReason
 from tests.ota.ota_forge import NOW, Member, file_members, forge, head, manifest_for, write_tar
 
 MODEL = "litert-fp32/model.tflite"

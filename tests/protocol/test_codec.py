@@ -4,6 +4,7 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from protocol.codec import (
     MAX_PAYLOAD_BYTES,
@@ -270,3 +271,33 @@ def test_garbage_chunks_raise_only_protocol_errors(payload):
         decode_chunk(payload)
     except ProtocolError:
         pass
+
+
+@pytest.mark.parametrize("device", [123, None, ["cam-01"], {"id": "cam-01"}])
+def test_device_that_is_not_a_string_is_an_invalid_device_id(device):
+    with pytest.raises(InvalidDeviceId, match="device id must match"):
+        decode(json.dumps(_state_dict(device=device)).encode(), State)
+
+
+def test_refusals_carry_the_validators_words_without_pydantic_prefixes():
+    with pytest.raises(UnsupportedVersion) as version:
+        decode(json.dumps(_state_dict(v="2.0")).encode(), State)
+    assert str(version.value) == "unsupported schema major version 2 (speaking 1)"
+    with pytest.raises(InvalidDeviceId) as device:
+        decode(json.dumps(_state_dict(device="CAM")).encode(), State)
+    assert str(device.value) == "device id must match [a-z0-9-]{3,64}, got 'CAM'"
+
+
+def test_errors_are_told_apart_by_pydantic_error_type():
+    with pytest.raises(ValidationError) as version:
+        State.model_validate_json(json.dumps(_state_dict(v="2.0")))
+    with pytest.raises(ValidationError) as device:
+        State.model_validate_json(json.dumps(_state_dict(device="CAM")))
+    assert [e["type"] for e in version.value.errors()] == ["unsupported_version"]
+    assert [e["type"] for e in device.value.errors()] == ["invalid_device_id"]
+
+
+@pytest.mark.parametrize("v", ["1", "one.zero", "1.x", ""])
+def test_version_that_is_not_major_minor_is_malformed(v):
+    with pytest.raises(MalformedPayload):
+        decode(json.dumps(_state_dict(v=v)).encode(), State)

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+from agent.runtimes._shared import natural_key
 from agent.runtimes.base import InferenceError, ModelLoadError
-from agent.runtimes.litert import LiteRTRuntime, _natural_key
+from agent.runtimes.litert import LiteRTRuntime
 
 
 @pytest.fixture
@@ -106,7 +107,7 @@ def test_thread_count_must_be_positive():
 
 def test_output_names_sort_with_numbers_compared_as_numbers():
     names = ["Identity_10", "Identity", "Identity_2", "Identity_1", "boxes"]
-    assert sorted(names, key=_natural_key) == [
+    assert sorted(names, key=natural_key) == [
         "Identity",
         "Identity_1",
         "Identity_2",

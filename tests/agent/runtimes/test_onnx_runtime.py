@@ -3,19 +3,14 @@
 import numpy as np
 import pytest
 
+from agent.runtimes._shared import ModelFormatError, graph_inputs, with_input_shape
 from agent.runtimes.base import (
     InferenceError,
     ModelLoadError,
     RuntimeUnavailableError,
     probe_runtime,
 )
-from agent.runtimes.onnx import (
-    ModelFormatError,
-    OnnxRuntime,
-    choose_providers,
-    graph_inputs,
-    with_input_shape,
-)
+from agent.runtimes.onnx import OnnxRuntime, choose_providers
 
 CENTERFACE_OUTPUTS = ["537", "538", "539", "540"]
 VGA_INPUT = (1, 3, 480, 640)

@@ -1,0 +1,98 @@
+"""Routes about the fleet's devices and what they report: devices, detections, health samples,
+events and the fleet summary."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+from sqlalchemy import func, select
+
+from controller.api.models import DetectionOut, DeviceOut, EventOut, HealthOut, SummaryOut
+from controller.api.params import Db, Limit
+from controller.db import DetectionRow, Device, EventRow, HealthRow
+
+
+def devices_router() -> APIRouter:
+    """The device-facing read routes; they read the database of the app they are included in."""
+    router = APIRouter()
+
+    @router.get("/api/devices")
+    def list_devices(db: Db) -> list[DeviceOut]:
+        rows = db.scalars(select(Device).order_by(Device.id))
+        return [DeviceOut.model_validate(r) for r in rows]
+
+    @router.get("/api/devices/{device_id}")
+    def get_device(device_id: str, db: Db) -> DeviceOut:
+        row = db.get(Device, device_id)
+        if row is None:
+            raise HTTPException(404, f"no device {device_id!r}")
+        return DeviceOut.model_validate(row)
+
+    @router.get("/api/detections")
+    def list_detections(
+        db: Db, limit: Limit = 50, device: str | None = None, label: str | None = None
+    ) -> list[DetectionOut]:
+        query = select(DetectionRow).order_by(DetectionRow.ts.desc()).limit(limit)
+        if device:
+            query = query.where(DetectionRow.device == device)
+        if label:
+            query = query.where(DetectionRow.label == label)
+        return [DetectionOut.model_validate(r) for r in db.scalars(query)]
+
+    @router.get("/api/health/{device_id}")
+    def list_health(device_id: str, db: Db, limit: Limit = 20) -> list[HealthOut]:
+        query = (
+            select(HealthRow)
+            .where(HealthRow.device == device_id)
+            .order_by(HealthRow.ts.desc())
+            .limit(limit)
+        )
+        return [HealthOut.model_validate(r) for r in db.scalars(query)]
+
+    @router.get("/api/events")
+    def list_events(
+        db: Db, limit: Limit = 50, device: str | None = None, kind: str | None = None
+    ) -> list[EventOut]:
+        query = select(EventRow).order_by(EventRow.ts.desc()).limit(limit)
+        if device:
+            query = query.where(EventRow.device == device)
+        if kind:
+            query = query.where(EventRow.kind == kind)
+        return [EventOut.model_validate(r) for r in db.scalars(query)]
+
+    @router.get("/api/summary")
+    def summary(db: Db) -> SummaryOut:
+        total = db.scalar(select(func.count()).select_from(Device)) or 0
+        online = db.scalar(select(func.count()).select_from(Device).where(Device.online)) or 0
+        detections = db.scalar(select(func.count()).select_from(DetectionRow)) or 0
+        frames, fps = 0, 0.0
+        # one query for the newest health of every device (ix_health_device_ts), not one per
+        # device: this page is polled, and a fleet has thousands of devices
+        newest = (
+            select(HealthRow.device, func.max(HealthRow.ts).label("ts"))
+            .group_by(HealthRow.device)
+            .subquery()
+        )
+        latest_rows = db.scalars(
+            select(HealthRow).join(
+                newest, (HealthRow.device == newest.c.device) & (HealthRow.ts == newest.c.ts)
+            )
+        )
+        seen: set[str] = set()
+        for latest in latest_rows:
+            if latest.device in seen:
+                continue  # two samples with the same newest time: count the device once
+            seen.add(latest.device)
+            for camera in latest.payload.get("cameras", []):
+                frames += int(camera.get("frames_processed", 0))
+                fps += float(camera.get("fps_processed", 0.0))
+        last = db.scalar(select(DetectionRow).order_by(DetectionRow.ts.desc()).limit(1))
+        return SummaryOut(
+            devices=total,
+            devices_online=online,
+            detections=detections,
+            frames=frames,
+            fps=fps,
+            last_detection=DetectionOut.model_validate(last) if last else None,
+        )
+
+    return router

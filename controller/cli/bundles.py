@@ -1,0 +1,155 @@
+"""`edgefleet bundles` and `edgefleet bundle build|inspect|upload`: bundles on the workstation
+(build and sign one from a spec, show what a file claims and whether it verifies) and on the
+controller (upload, list)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from controller.cli.client import (
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    ApiClient,
+    Column,
+    add_api_options,
+    api_get,
+    emit,
+    local_time,
+    missing_extra,
+)
+from controller.release.inspect import UnreadableBundle, inspect_report
+from controller.release.models import ModelFetchError
+from controller.release.recipes import load_spec
+from controller.release.variants import OpenVinoUnavailable, VariantGenerationError
+from ota.build import build_bundle
+from ota.keys import SigningKey
+
+EXIT_BUILD_FAILED = 1
+EXIT_REFUSED, EXIT_UNREADABLE = 1, 2
+
+BUNDLE_COLUMNS: list[Column] = [
+    ("digest", lambda r: r["digest"][:12]),
+    ("name", lambda r: r["name"]),
+    ("version", lambda r: str(r["version"])),
+    ("size", lambda r: f"{r['size'] / 1024:.0f} KiB"),
+    ("variants", lambda r: " ".join(r["variants"])),
+    ("stored", lambda r: local_time(r["created"])),
+]
+
+
+def _blocks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as src:
+        while block := src.read(1 << 20):
+            yield block
+
+
+def cmd_bundles(args: argparse.Namespace) -> int:
+    emit(args, api_get(args, "/api/bundles"), BUNDLE_COLUMNS)
+    return EXIT_OK
+
+
+def cmd_bundle_upload(args: argparse.Namespace) -> int:
+    path: Path = args.file
+    if not path.is_file():
+        print(f"edgefleet: no such file: {path}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    headers = {"content-type": "application/octet-stream"}
+    with ApiClient(args.api, timeout=600.0) as api:
+        answer = api.request("POST", "/api/bundles", content=_blocks(path), headers=headers)
+    emit(args, answer, BUNDLE_COLUMNS)
+    return EXIT_OK
+
+
+def cmd_bundle_build(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    if args.version is not None:
+        overrides["version"] = args.version
+    try:
+        spec = load_spec(args.spec, **overrides)
+        keys = [SigningKey.load(path) for path in args.key]
+        built = build_bundle(spec, args.spec.parent, keys, args.out, datetime.now(timezone.utc))
+    except OpenVinoUnavailable as exc:
+        missing = exc.__cause__
+        if isinstance(missing, ModuleNotFoundError):
+            missing_extra("bundle build", OpenVinoUnavailable.extra, missing)
+        print(f"edgefleet: {exc}", file=sys.stderr)
+        return EXIT_BUILD_FAILED
+    except (ModelFetchError, VariantGenerationError, ValueError, OSError) as exc:
+        print(f"edgefleet: {exc}", file=sys.stderr)
+        return EXIT_BUILD_FAILED
+    print(f"{built.manifest.name}@{built.manifest.version} → {built.path}")
+    print(
+        f"digest {built.digest}  size {built.size}  variants "
+        + ",".join(v.runtime for v in built.manifest.variants)
+    )
+    return EXIT_OK
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    print(f"bundle    {report['name']}@{report['version']}  ({report['size']} bytes)")
+    print(f"created   {report['created']}")
+    print(f"expires   {report['expires']}")
+    print(f"profiles  {', '.join(report['profiles']) or 'any'}")
+    for v in report["variants"]:
+        print(f"variant   {v['runtime']}/{v['precision']}  model={v['model']}")
+    for f in report["files"]:
+        print(f"file      {f['path']}  {f['size']} bytes  sha256={f['sha256']}")
+    for keyid in report["signatures"]:
+        print(f"signed by {keyid}")
+    v = report["verdict"]
+    reason = f" {v['reason']}" if v["reason"] else ""
+    print(f"verdict   {v['status']}{reason}: {v['detail']}")
+
+
+def cmd_bundle_inspect(args: argparse.Namespace) -> int:
+    try:
+        report = inspect_report(args.file, args.trust, datetime.now(timezone.utc))
+    except (UnreadableBundle, OSError) as exc:
+        print(f"edgefleet: {args.file}: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    if getattr(args, "output", "table") == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
+    return EXIT_REFUSED if report["verdict"]["status"] == "refused" else EXIT_OK
+
+
+def add_bundles_parsers(subparsers: Any) -> None:
+    """`bundles`, and `bundle` with its subcommands `upload`, `build` and `inspect`."""
+    listing = subparsers.add_parser("bundles", help="list stored bundles")
+    add_api_options(listing)
+    listing.set_defaults(func=cmd_bundles)
+
+    parser = subparsers.add_parser("bundle", help="work with one bundle")
+    sub = parser.add_subparsers(dest="bundle_command", required=True, metavar="COMMAND")
+
+    upload = sub.add_parser("upload", help="upload a signed bundle file")
+    add_api_options(upload)
+    upload.add_argument("file", type=Path)
+    upload.set_defaults(func=cmd_bundle_upload)
+
+    build = sub.add_parser("build", help="build and sign a bundle from a spec")
+    build.add_argument("spec", type=Path, help="bundle spec YAML")
+    build.add_argument(
+        "--key",
+        type=Path,
+        action="append",
+        required=True,
+        help="release key PEM (repeat for a threshold)",
+    )
+    build.add_argument("--out", type=Path, required=True)
+    build.add_argument("--version", type=int, default=None, help="override the spec's version")
+    build.set_defaults(func=cmd_bundle_build)
+
+    inspect = sub.add_parser("inspect", help="show a bundle's manifest and verify it")
+    inspect.add_argument("file", type=Path)
+    inspect.add_argument(
+        "--trust", type=Path, default=None, help="root.json or trust.json to verify against"
+    )
+    inspect.set_defaults(func=cmd_bundle_inspect)

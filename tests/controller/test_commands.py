@@ -1,0 +1,43 @@
+"""Commands to devices go out one way: encoded, on the device's command topic, bounded in time."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.mqtt.commands import CommandSender
+from controller.mqtt.session import PublishError
+from protocol.codec import decode_command
+from protocol.messages import RestartPipeline, TrustUpdate
+from protocol.topics import Topics
+
+
+class Recorder:
+    """Stands in for the publisher: keeps what would have been published, or refuses."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.sent: list[tuple[str, bytes, float]] = []
+
+    def publish(self, topic: str, payload: bytes, *, timeout: float = 30.0) -> None:
+        if self.refuse:
+            raise PublishError("3 publishes unacknowledged for 0.5s")
+        self.sent.append((topic, payload, timeout))
+
+
+def test_a_command_goes_to_its_device_topic_encoded():
+    recorder = Recorder()
+    topics = Topics("fleet-a/v1")
+    sender = CommandSender(recorder, topics, timeout_s=2.5)
+    command = TrustUpdate(device="cam-7", roots=("{}",))
+    sender.send(command)
+    sender.send(RestartPipeline(device="cam-8"))
+    (topic, payload, timeout), (second_topic, _, _) = recorder.sent
+    assert (topic, timeout) == (topics.cmd("cam-7"), 2.5)
+    assert second_topic == topics.cmd("cam-8")
+    decoded = decode_command(payload)
+    assert isinstance(decoded, TrustUpdate) and decoded.id == command.id
+
+
+def test_a_refused_publish_reaches_the_caller():
+    with pytest.raises(PublishError):
+        CommandSender(Recorder(refuse=True), Topics()).send(RestartPipeline(device="cam-7"))
