@@ -19,7 +19,7 @@ from controller.server import Controller
 from controller.settings import MqttSettings
 from protocol.events import EventKind
 from protocol.messages import Ack, Deploy, Event
-from tests.controller.fleet import FakeAgent
+from tests.controller.fake_agents import FakeAgent
 
 
 @pytest.fixture

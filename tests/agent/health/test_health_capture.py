@@ -16,7 +16,7 @@ import pytest
 from protocol.codec import decode
 from protocol.messages import Health
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "health"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "health"
 
 
 def test_captured_x86_64_payload_decodes_and_names_every_absent_source() -> None:

@@ -36,7 +36,7 @@ from protocol.messages import (
     RuntimeInfo,
     State,
 )
-from tests.controller.fleet import FakeAgent
+from tests.controller.fake_agents import FakeAgent
 
 DIGEST = "ab" * 32
 

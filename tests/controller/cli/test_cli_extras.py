@@ -9,7 +9,7 @@ from pathlib import Path
 
 from controller.demo.broker import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # the server's, the demo's and the converters' packages: none is a CLI dependency
 NOT_INSTALLED = (
     "fastapi",

@@ -21,7 +21,7 @@ from protocol.events import (
 )
 from protocol.messages import ChunkRange, Event
 
-AGENT = Path(__file__).resolve().parents[2] / "agent"
+AGENT = Path(__file__).resolve().parents[3] / "agent"
 # runtime probes explain themselves in free text; that is state, not a deployment reason
 FREE_TEXT_ROOMS = ("runtimes", "detect")
 # constructors that carry a deployment reason, and the position it takes

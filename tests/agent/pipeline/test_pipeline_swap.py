@@ -8,7 +8,7 @@ from agent.pipeline.settings import CameraSettings
 from agent.pipeline.workers import Pipeline
 from controller.demo.sample_video import Placement, write_sample_video
 from controller.demo.waiting import wait_until
-from tests.agent.test_pipeline import blazeface
+from tests.agent.pipeline.test_pipeline import blazeface
 
 
 def test_a_swap_while_frames_flow_loses_no_frame_and_closes_the_old_model_after(

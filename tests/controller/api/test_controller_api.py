@@ -20,7 +20,7 @@ from ota.keys import SigningKey
 from protocol.events import EventKind
 from protocol.messages import Box, CameraHealth, Detection, DetectionBatch, Event, Health
 from protocol.topics import Topics
-from tests.controller.fleet import FakeAgent
+from tests.controller.fake_agents import FakeAgent
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from controller.demo.waiting import wait_until
 from controller.settings import ControllerSettings, load_settings
 from protocol.events import EventKind, EventLevel
 from protocol.messages import Box, Detection, DetectionBatch, Event
-from tests.controller.fleet import FakeAgent
+from tests.controller.fake_agents import FakeAgent
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -118,14 +118,16 @@ def test_controller_run_serves_until_sigterm(tmp_path, mosquitto, db_url):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[3],
     ) as proc:
         try:
 
             def healthy() -> bool:
                 assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
                 try:
-                    return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+                    return (
+                        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+                    )
                 except httpx.TransportError:
                     return False
 

@@ -10,7 +10,7 @@ from controller.fleet.deployments import HttpTransportUnavailable
 from controller.settings import ControllerSettings, HttpSettings
 from ota.http_fetch import Wanted, fetch_bundle, part_path
 from protocol.messages import Deploy
-from tests.controller.fleet import FakeAgent
+from tests.controller.fake_agents import FakeAgent
 
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 

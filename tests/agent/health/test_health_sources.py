@@ -21,7 +21,7 @@ from agent.health.system import SystemHealth
 from protocol.codec import decode, encode
 from protocol.messages import Health
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "health"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "health"
 
 
 def _line(name: str) -> str:
