@@ -1,4 +1,5 @@
-"""The agent daemon: wires the MQTT session, the deployer, the pipeline and telemetry."""
+"""The agent daemon: wires the MQTT session, the outbox, the deployer, the pipeline, health and
+command handling together, and runs the control loop."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import queue
 import signal
 import threading
 import time
-from collections import OrderedDict
 from types import FrameType
 from typing import Any
 
 from agent import __version__
+from agent.commands import CommandHandler
 from agent.config_overlay import (
     ConfigRejected,
     apply_overlay,
@@ -47,13 +48,9 @@ from protocol.codec import encode
 from protocol.messages import (
     Ack,
     ActiveBundle,
-    Command,
     Deploy,
     Event,
-    RestartPipeline,
-    Rollback,
     RuntimeInfo,
-    SetConfig,
     Snapshot,
     State,
     TrustUpdate,
@@ -132,7 +129,7 @@ class Agent:
             max_requests=settings.chunk_request_attempts,
             fault=fault,
         )
-        self._seen_commands: OrderedDict[str, None] = OrderedDict()
+        self.commands = CommandHandler(self, self._ack)
         self._stop = threading.Event()
 
     # ---- state and events -------------------------------------------------------------------
@@ -208,33 +205,17 @@ class Agent:
 
     # ---- commands -------------------------------------------------------------------------
 
-    def handle_command(self, command: Command) -> None:
-        if command.id in self._seen_commands:
-            return  # QoS 1 may deliver twice
-        self._seen_commands[command.id] = None
-        while len(self._seen_commands) > 1000:
-            self._seen_commands.popitem(last=False)
-        ok, result = True, "accepted"
-        if isinstance(command, Deploy):
-            self._ack(command.id, True, "accepted")
-            self.deployer.on_deploy(command)
-            return
-        if isinstance(command, SetConfig):
-            self._ack(command.id, *self.set_config(command.config))
-            return
-        if isinstance(command, Snapshot):
-            self.snapshot_delivery.submit(command)  # acked by the delivery thread
-            return
-        if isinstance(command, TrustUpdate):
-            self._ack(command.id, *apply_trust_update(self.settings.trust_file, command))
-            return
-        if isinstance(command, Rollback):
-            ok = self.deployer.rollback(command.id)
-            result = "rolled_back" if ok else "nothing_to_roll_back"
-        elif isinstance(command, RestartPipeline):
-            self._ack(command.id, True, "restarted", self.restart_pipeline())
-            return
-        self._ack(command.id, ok, result)
+    def deploy(self, command: Deploy) -> None:
+        self.deployer.on_deploy(command)
+
+    def rollback(self, cmd_id: str) -> bool:
+        return self.deployer.rollback(cmd_id)
+
+    def trust_update(self, command: TrustUpdate) -> tuple[bool, str, str]:
+        return apply_trust_update(self.settings.trust_file, command)
+
+    def snapshot(self, command: Snapshot) -> None:
+        self.snapshot_delivery.submit(command)
 
     def restart_pipeline(self) -> str:
         """Stop every camera and start them again from the current settings; says what runs."""
@@ -338,7 +319,7 @@ class Agent:
                         resumed = True
                         self.deployer.resume()
                     if item is not None and item.kind == "command":
-                        self.handle_command(item.payload)
+                        self.commands.handle(item.payload)
                     elif item is not None and item.digest is not None:
                         self.deployer.on_chunk(item.digest, item.payload)
                     self.deployer.tick()
