@@ -45,6 +45,7 @@ from agent.settings import AgentSettings
 from agent.systemd import Notifier
 from ota.install import InstalledBundle, SlotStore
 from protocol.codec import encode
+from protocol.events import DeviceStatus
 from protocol.messages import (
     Ack,
     ActiveBundle,
@@ -147,7 +148,7 @@ class Agent:
             )
         return State(
             device=self.device_id,
-            status="online",
+            status=DeviceStatus.ONLINE,
             agent_version=__version__,
             profile=self.profile,
             runtimes=tuple(

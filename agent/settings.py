@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.link.outbox import OutboxSettings
-from agent.link.session import MqttSettings
+from agent.link.session import BrokerSettings
 from agent.pipeline.settings import CameraSettings
 from agent.pipeline.snapshots import SnapshotSettings
 from device_profiles.schema import HealthSource
@@ -36,7 +36,7 @@ class AgentSettings(BaseSettings):
         None, description="release-key trust store (JSON); default data_dir/trust.json"
     )
     profile: str | None = Field(None, description="force a device profile instead of probing")
-    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    mqtt: BrokerSettings = Field(default_factory=BrokerSettings)
     cameras: list[CameraSettings] = Field(default_factory=list, description="video sources")
     runtime_threads: Annotated[int, Field(ge=1, le=64)] = Field(2, description="CPU threads")
     health_interval_s: Annotated[float, Field(gt=0, le=3600)] = Field(10.0, description="health")

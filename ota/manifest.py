@@ -19,11 +19,11 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-class _Strict(BaseModel):
+class _ManifestPart(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class InputSpec(_Strict):
+class InputSpec(_ManifestPart):
     """How a frame becomes the model's input tensor."""
 
     width: Annotated[int, Field(gt=0, le=8192)]
@@ -37,7 +37,7 @@ class InputSpec(_Strict):
     letterbox: bool = True
 
 
-class PostprocessSpec(_Strict):
+class PostprocessSpec(_ManifestPart):
     """Which decoder turns raw outputs into boxes, and its parameters."""
 
     kind: Literal["blazeface", "centerface", "ssd", "yolo"]
@@ -47,7 +47,7 @@ class PostprocessSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class FileEntry(_Strict):
+class FileEntry(_ManifestPart):
     """One file in the bundle, with the digest and size it must have."""
 
     path: str
@@ -75,7 +75,7 @@ class FileEntry(_Strict):
         return value
 
 
-class Variant(_Strict):
+class Variant(_ManifestPart):
     """One build of the model for one runtime and precision."""
 
     # the enum's values are the strings signed manifests carry, so the signed bytes are unchanged
@@ -91,12 +91,12 @@ class Variant(_Strict):
         return self
 
 
-class Compatibility(_Strict):
+class Compatibility(_ManifestPart):
     profiles: tuple[str, ...] = Field(default=(), description="empty means any profile")
     min_agent_version: str = "0.0.0"
 
 
-class Manifest(_Strict):
+class Manifest(_ManifestPart):
     """The signed description of a bundle; parsed only after its signature verifies."""
 
     schema_version: Literal[1] = MANIFEST_SCHEMA_VERSION

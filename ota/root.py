@@ -36,11 +36,11 @@ _MAX_KEYS = 64
 KeyId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
-class _Strict(BaseModel):
+class _RootPart(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class RoleKeys(_Strict):
+class RoleKeys(_RootPart):
     """The keys of one role and how many of them must sign."""
 
     keyids: Annotated[tuple[KeyId, ...], Field(min_length=1, max_length=_MAX_KEYS)]
@@ -55,12 +55,12 @@ class RoleKeys(_Strict):
         return self
 
 
-class Roles(_Strict):
+class Roles(_RootPart):
     root: RoleKeys
     release: RoleKeys
 
 
-class RootSigned(_Strict):
+class RootSigned(_RootPart):
     """The signed part of a root document."""
 
     type: Literal["root"] = "root"
@@ -94,7 +94,7 @@ class RootSigned(_Strict):
         return canonical_json(self.model_dump(mode="json"))
 
 
-class _Document(_Strict):
+class _Document(_RootPart):
     signed: dict[str, Any]
     signatures: Annotated[tuple[Signature, ...], Field(max_length=_MAX_KEYS)]
 

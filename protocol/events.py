@@ -26,6 +26,13 @@ class RuntimeKey(_Named):
     OPENCV = "opencv"
 
 
+class DeviceStatus(_Named):
+    """A device's connection as its retained state says; `offline` is also its Last Will."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
 class EventKind(_Named):
     """What a device event on `…/dev/D/evt` reports."""
 

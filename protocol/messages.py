@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from protocol.errors import InvalidDeviceId
-from protocol.events import EventKind, EventLevel
+from protocol.events import DeviceStatus, EventKind, EventLevel
 from protocol.topics import validate_device_id
 
 SCHEMA_MAJOR = 1
@@ -97,7 +97,7 @@ class State(Envelope):
     """Retained per device; `offline` is also the Last Will."""
 
     type: Literal["state"] = "state"
-    status: Literal["online", "offline"]
+    status: Annotated[DeviceStatus, Field(strict=False)]
     agent_version: ShortText = ""
     profile: ShortText = ""
     runtimes: Annotated[tuple[RuntimeInfo, ...], Field(max_length=32)] = ()

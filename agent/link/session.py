@@ -19,13 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.codec import decode_chunk, decode_command, encode
 from protocol.errors import ProtocolError
+from protocol.events import DeviceStatus
 from protocol.messages import Command, State
 from protocol.topics import DEFAULT_PREFIX, Topics
 
 log = logging.getLogger(__name__)
 
 
-class MqttSettings(BaseModel):
+class BrokerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     host: str = Field("127.0.0.1", description="broker host")
@@ -49,7 +50,7 @@ class Inbound:
 class AgentSession:
     """Owns the paho client; everything it receives goes to `inbox`."""
 
-    def __init__(self, broker: MqttSettings, device_id: str, state: Callable[[], State]) -> None:
+    def __init__(self, broker: BrokerSettings, device_id: str, state: Callable[[], State]) -> None:
         self.broker = broker
         self.topics = Topics(broker.prefix)
         self.device_id = device_id
@@ -70,7 +71,7 @@ class AgentSession:
             client.username_pw_set(broker.username, broker.password)
         client.will_set(
             self.topics.state(self.device_id),
-            encode(State(device=self.device_id, status="offline")),
+            encode(State(device=self.device_id, status=DeviceStatus.OFFLINE)),
             qos=1,
             retain=True,
         )
@@ -105,7 +106,7 @@ class AgentSession:
         if self.connected.is_set():
             info = self.client.publish(
                 self.topics.state(self.device_id),
-                encode(State(device=self.device_id, status="offline")),
+                encode(State(device=self.device_id, status=DeviceStatus.OFFLINE)),
                 qos=1,
                 retain=True,
             )

@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from controller.db import DetectionRow, Device, EventRow, HealthRow
-from protocol.events import EventLevel
+from protocol.events import DeviceStatus, EventLevel
 from protocol.messages import Ack, AgentMessage, DetectionBatch, Event, Health, State
 from protocol.topics import Channel
 
@@ -48,11 +48,11 @@ def idempotent_insert(session: Session, table: Table) -> Any:
 
 def _state_values(state: State, now: float) -> dict[str, Any]:
     values: dict[str, Any] = {
-        "online": state.status == "online",
+        "online": state.status == DeviceStatus.ONLINE,
         "status": state.status,
         "last_seen": now,
     }
-    if state.status == "offline":
+    if state.status == DeviceStatus.OFFLINE:
         # The Last Will carries no details; keep what the device told us while online.
         return values
     active = state.active

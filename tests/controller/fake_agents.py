@@ -12,7 +12,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel
 
 from protocol.codec import Chunk, decode_chunk, decode_command, encode
-from protocol.events import EventKind
+from protocol.events import DeviceStatus, EventKind
 from protocol.messages import ChunkRange, Command, Event, State
 from protocol.topics import DEFAULT_PREFIX, Topics
 
@@ -33,7 +33,7 @@ class FakeAgent:
             protocol=mqtt.MQTTv311,
             reconnect_on_failure=False,
         )
-        will = encode(State(device=device, status="offline"))
+        will = encode(State(device=device, status=DeviceStatus.OFFLINE))
         self.client.will_set(self.topics.state(device), will, qos=1, retain=True)
         self.client.on_connect = lambda *_: self._connected.set()
         self.client.on_subscribe = self._on_subscribe
@@ -66,7 +66,9 @@ class FakeAgent:
         self.publish_raw(topic, encode(message), retain=retain)
 
     def online(self, **fields: Any) -> None:
-        self.send(State(device=self.device, status="online", **fields), "state", retain=True)
+        self.send(
+            State(device=self.device, status=DeviceStatus.ONLINE, **fields), "state", retain=True
+        )
 
     def request_chunks(self, digest: str, *ranges: tuple[int, int]) -> None:
         missing = tuple(ChunkRange(start=a, end=b) for a, b in ranges)

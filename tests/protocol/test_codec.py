@@ -23,6 +23,7 @@ from protocol.errors import (
     UnexpectedMessage,
     UnsupportedVersion,
 )
+from protocol.events import DeviceStatus
 from protocol.messages import (
     Ack,
     Box,
@@ -236,7 +237,7 @@ def test_box_outside_the_frame_is_refused():
 
 def test_message_naming_another_device_is_refused():
     topics = Topics()
-    payload = encode(State(device="cam-02", status="online"))
+    payload = encode(State(device="cam-02", status=DeviceStatus.ONLINE))
     with pytest.raises(UnexpectedMessage):
         decode_agent_message(topics, topics.state("cam-01"), payload)
 

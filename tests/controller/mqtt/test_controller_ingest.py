@@ -23,7 +23,7 @@ from controller.demo.waiting import wait_until
 from controller.mqtt.ingest import Ingest
 from controller.settings import IngestSettings, MqttSettings
 from protocol.codec import encode
-from protocol.events import EventKind
+from protocol.events import DeviceStatus, EventKind
 from protocol.messages import (
     Ack,
     ActiveBundle,
@@ -212,7 +212,7 @@ def test_messages_sent_while_the_controller_is_down_are_delivered(start_ingest, 
 
 def _valid_payloads(device: str) -> dict[str, dict]:
     messages = {
-        "state": State(device=device, status="online"),
+        "state": State(device=device, status=DeviceStatus.ONLINE),
         "health": Health(device=device),
         "det": detection_batch(device),
         "evt": Event(device=device, kind=EventKind.LOG),
