@@ -216,8 +216,12 @@ def alembic_config(url: str | None = None) -> Any:
     return cfg
 
 
-def upgrade_database(url: str, revision: str = "head") -> None:
-    """Bring the database at `url` to `revision`; raises sqlalchemy errors on failure."""
+def upgrade_database(url: str, revision: str = "heads") -> None:
+    """Bring the database at `url` to `revision`; raises sqlalchemy errors on failure.
+
+    The default is every head: each room (ingest, auth, rollouts) may carry its own branch of
+    migrations from a shared base, and all of them apply.
+    """
     from alembic import command
 
     engine = make_engine(url)
