@@ -6,19 +6,30 @@ settings at every start, so a change made by the controller survives restarts. O
 running agent can apply at once are settable; those that decide how it reaches the fleet
 (device id, data folder, broker, trust) never are: a typo there would cut the device off from
 the command that could fix it.
+
+Cameras from a remote document are held to what a command may safely choose: a V4L2 index or
+`/dev/videoN`, an `rtsp(s)://` or `http(s)://` (MJPEG) URL, or a video file under one of the
+`allowed_file_roots`; at most `max_cameras` of them. GStreamer pipeline strings, the device
+profile's source template and its values come only from the local settings file: a pipeline
+can write any file the agent can write (its trust store included), so a camera that names one
+is accepted only when the local file already configures that camera exactly so.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from agent.pipeline.settings import CameraSettings
+from agent.pipeline.sources import source_kind
 from agent.settings import AgentSettings
 
 log = logging.getLogger(__name__)
@@ -31,7 +42,20 @@ SETTABLE_FIELDS = frozenset(
 
 
 # the ack's result when set-config is refused
-ConfigProblem = Literal["not_settable", "invalid_config", "overlay_unreadable", "persist_failed"]
+ConfigProblem = Literal[
+    "not_settable",
+    "invalid_config",
+    "overlay_unreadable",
+    "persist_failed",
+    # camera limits for remote documents
+    "too_many_cameras",
+    "pipeline_refused",
+    "source_refused",
+    "file_outside_roots",
+]
+
+_V4L2_SOURCE = re.compile(r"^(\d{1,3}|/dev/video\d{1,3})$")
+_URL_SOURCE = re.compile(r"^(rtsps?|https?)://[^\s!\x00-\x1f]{1,2040}$", re.IGNORECASE)
 
 
 class ConfigRejected(Exception):
@@ -119,8 +143,63 @@ def save_overlay(data_dir: Path, overlay: dict[str, Any]) -> None:
 
 
 def apply_overlay(settings: AgentSettings, overlay: dict[str, Any]) -> AgentSettings:
-    """`settings` with the overlay's fields replaced; raises ConfigRejected on a bad overlay."""
-    return settings.model_copy(update=validate_patch(overlay))
+    """`settings` with the overlay's fields replaced; raises ConfigRejected on a bad overlay,
+    including cameras that `settings` (the local file) does not allow a remote document."""
+    values = validate_patch(overlay)
+    if "cameras" in values:
+        check_remote_cameras(values["cameras"], settings)
+    return settings.model_copy(update=values)
+
+
+def check_remote_cameras(cameras: list[CameraSettings], local: AgentSettings) -> None:
+    """Refuse cameras a remote document may not set (see the module's docstring).
+
+    Raises ConfigRejected with the first camera's problem."""
+    if len(cameras) > local.max_cameras:
+        raise ConfigRejected(
+            "too_many_cameras", f"{len(cameras)} cameras, at most {local.max_cameras}"
+        )
+    # what the local settings configure is allowed as it is, pipelines and templates included
+    known = {(c.id, c.source, tuple(sorted(c.template.items()))) for c in local.cameras}
+    for camera in cameras:
+        if (camera.id, camera.source, tuple(sorted(camera.template.items()))) in known:
+            continue
+        _check_remote_source(camera, local.allowed_file_roots)
+
+
+def _check_remote_source(camera: CameraSettings, roots: list[Path]) -> None:
+    source = camera.source
+    kind = source_kind(source)
+    where = f"camera {camera.id}"
+    if kind in ("gstreamer", "profile") or "!" in source or camera.template:
+        raise ConfigRejected(
+            "pipeline_refused",
+            f"{where}: GStreamer pipelines and profile templates come only from the local "
+            "settings file",
+        )
+    if kind == "v4l2":
+        if not _V4L2_SOURCE.match(source):
+            raise ConfigRejected("source_refused", f"{where}: V4L2 source must be N or /dev/videoN")
+        return
+    if kind in ("rtsp", "http"):
+        if not _URL_SOURCE.match(source) or not urlsplit(source).hostname:
+            raise ConfigRejected("source_refused", f"{where}: not a plain {kind} URL")
+        return
+    _check_file_source(where, source, roots)
+
+
+def _check_file_source(where: str, source: str, roots: list[Path]) -> None:
+    if not os.path.isabs(source) or "\x00" in source:
+        raise ConfigRejected("source_refused", f"{where}: a file source must be an absolute path")
+    # resolved, so neither `..` nor a link leads out of the allowed folders
+    real = Path(os.path.realpath(source))
+    for root in roots:
+        if real.is_relative_to(os.path.realpath(root)):
+            return
+    allowed = ", ".join(str(r) for r in roots) or "none configured"
+    raise ConfigRejected(
+        "file_outside_roots", f"{where}: {source} is not under an allowed folder ({allowed})"
+    )
 
 
 def merge_patch(overlay: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

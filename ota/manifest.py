@@ -17,6 +17,35 @@ Precision = Literal["fp32", "fp16", "int8", "uint8"]
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# a real manifest nests about six levels; parsers recurse per level, so depth is bounded
+MAX_MANIFEST_DEPTH = 32
+_OPEN = frozenset(b"[{")
+_CLOSE = frozenset(b"]}")
+
+
+def check_nesting(raw: bytes, limit: int = MAX_MANIFEST_DEPTH) -> None:
+    """Refuse a JSON document nested deeper than `limit`, without parsing it.
+
+    Raises ValueError. Brackets inside strings do not count; the document's other faults are
+    left to the parser."""
+    depth = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in _OPEN:
+            depth += 1
+            if depth > limit:
+                raise ValueError(f"nested deeper than {limit} levels")
+        elif byte in _CLOSE:
+            depth -= 1
 
 
 class _ManifestPart(BaseModel):
@@ -102,6 +131,13 @@ class Manifest(_ManifestPart):
     schema_version: Literal[1] = MANIFEST_SCHEMA_VERSION
     name: str
     version: Annotated[int, Field(ge=1)]
+    release: Annotated[int, Field(ge=0)] = Field(
+        0,
+        description="the fleet's anti-rollback counter, across bundle names: a device never "
+        "installs or rolls back to a bundle whose release is below the highest it committed; "
+        "raise it when older bundles must never run again. 0 (manifests from before the "
+        "counter) runs only while nothing with a higher release was committed",
+    )
     created: datetime
     expires: datetime
     task: Literal["detect"] = "detect"

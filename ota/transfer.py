@@ -17,10 +17,16 @@ from pathlib import Path
 from ota.atomic import fsync_dir
 
 _HASH_BLOCK = 1 << 20
+# the received-chunks map is one byte per chunk and is scanned on the control thread
+MAX_CHUNKS = 1 << 16
 
 
 class TransferError(Exception):
     """The transfer cannot go on: a chunk that does not fit the offer, or a bad digest."""
+
+
+class BadChunk(TransferError):
+    """One chunk whose bytes do not match the offer's digest for it; dropped, the rest stays."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class Offer:
     size: int
     chunk_size: int
     chunks: int
+    chunk_digests: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         expected = -(-self.size // self.chunk_size) if self.chunk_size > 0 else -1
@@ -38,6 +45,12 @@ class Offer:
             raise TransferError(
                 f"offer of {self.size} bytes in {self.chunks} chunks of {self.chunk_size} "
                 "does not add up"
+            )
+        if self.chunks > MAX_CHUNKS:
+            raise TransferError(f"offer of {self.chunks} chunks, at most {MAX_CHUNKS}")
+        if self.chunk_digests and len(self.chunk_digests) != self.chunks:
+            raise TransferError(
+                f"offer lists {len(self.chunk_digests)} chunk digests for {self.chunks} chunks"
             )
 
     def chunk_length(self, index: int) -> int:
@@ -101,6 +114,10 @@ class ChunkAssembler:
             )
         if self._have[index]:
             return False
+        # checked before the write: a forged chunk never reaches the .part file
+        digests = self.offer.chunk_digests
+        if digests and hashlib.sha256(data).hexdigest() != digests[index]:
+            raise BadChunk(f"chunk {index} does not match its digest in the offer")
         flags = os.O_RDWR | os.O_CREAT
         fd = os.open(self.part_path, flags, 0o600)
         try:
@@ -109,6 +126,10 @@ class ChunkAssembler:
             os.close(fd)
         self._have[index] = 1
         return True
+
+    def has(self, index: int) -> bool:
+        """Whether chunk `index` is on disk."""
+        return 0 <= index < self.offer.chunks and bool(self._have[index])
 
     @property
     def received(self) -> int:
@@ -162,3 +183,12 @@ class ChunkAssembler:
         for path in (self.part_path, self.map_path):
             path.unlink(missing_ok=True)
         self._have = bytearray(self.offer.chunks)
+
+
+def chunk_digests(path: Path, chunk_size: int) -> tuple[str, ...]:
+    """The sha256 of each `chunk_size` piece of the file at `path`, in order. Raises OSError."""
+    out = []
+    with path.open("rb") as src:
+        while block := src.read(chunk_size):
+            out.append(hashlib.sha256(block).hexdigest())
+    return tuple(out)

@@ -17,7 +17,8 @@ from pydantic import ValidationError
 from ota.canonical import check_strict_json, first_problem
 from ota.errors import BundleRefused
 from ota.layout import FILES_PREFIX, MANIFEST_MEMBER, SIGNATURE_MEMBER, SignatureDocument
-from ota.manifest import FileEntry, Manifest
+from ota.manifest import FileEntry, Manifest, check_nesting
+from ota.tar_guard import TarGuard
 from ota.trust import TrustStore
 from protocol.events import RefusalReason as R
 
@@ -78,13 +79,16 @@ def verify_bundle(
         if trust.expires is not None and now > trust.expires + clock_skew:
             # an expired root vouches for nothing, however good the signatures
             raise BundleRefused(R.EXPIRED, f"trust root expired {trust.expires.isoformat()}")
-        capped = _CappedReader(stream, max_bundle_bytes)
+        # every header passes the guard before tarfile reads it (extended headers, the end)
+        guard = TarGuard(_CappedReader(stream, max_bundle_bytes))
         try:
             # "r|": strictly sequential, uncompressed; no seeking, so nothing is read twice
-            with tarfile.open(fileobj=capped, mode="r|", bufsize=_CHUNK) as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=guard, mode="r|", bufsize=_CHUNK) as tar:  # type: ignore[call-overload]
                 manifest = _read_head(tar, trust)
                 _check_manifest(manifest, now, installed_version, profile, clock_skew)
-                _read_files(tar, capped, manifest, max_bundle_bytes, sink)
+                _read_files(tar, guard, manifest, max_bundle_bytes, sink)
+                # nothing may follow the end-of-archive marker but its zero padding
+                guard.finish(tar.offset)
         except (tarfile.TarError, EOFError) as exc:
             raise BundleRefused(R.MALFORMED_BUNDLE, f"not a readable tar: {exc}") from exc
     except BaseException:
@@ -159,11 +163,15 @@ def _check_signatures(manifest_bytes: bytes, sig_bytes: bytes, trust: TrustStore
 
 def _parse_manifest(raw: bytes) -> Manifest:
     try:
-        # json first, to refuse what pydantic's parser would let through
+        # depth first: the json module recurses per level and would end in RecursionError
+        check_nesting(raw)
+        # json next, to refuse what pydantic's parser would let through
         check_strict_json(raw)
         return Manifest.model_validate_json(raw, strict=True)
     except ValueError as exc:
         raise BundleRefused(R.MALFORMED_MANIFEST, first_problem(exc)) from exc
+    except RecursionError as exc:  # belt and braces: check_nesting should have refused it
+        raise BundleRefused(R.MALFORMED_MANIFEST, "nested too deeply") from exc
 
 
 def _check_manifest(
@@ -192,7 +200,7 @@ def _check_manifest(
 
 def _read_files(
     tar: tarfile.TarFile,
-    capped: _CappedReader,
+    guard: TarGuard,
     manifest: Manifest,
     max_bundle_bytes: int,
     sink: FileSink | None,
@@ -207,7 +215,7 @@ def _read_files(
         if path in seen:
             raise BundleRefused(R.DUPLICATE_FILE, f"{member.name} appears twice")
         seen.add(path)
-        _stream_file(tar, capped, member, expected[path], sink)
+        _stream_file(tar, guard, member, expected[path], sink)
     missing = sorted(set(expected) - seen)
     if missing:
         raise BundleRefused(R.MISSING_FILE, f"{len(missing)} listed files absent: {missing[0]}")
@@ -228,7 +236,7 @@ def _listed_path(member: tarfile.TarInfo, expected: dict[str, FileEntry]) -> str
 
 def _stream_file(
     tar: tarfile.TarFile,
-    capped: _CappedReader,
+    guard: TarGuard,
     member: tarfile.TarInfo,
     entry: FileEntry,
     sink: FileSink | None,
@@ -248,7 +256,7 @@ def _stream_file(
     while remaining:
         # what tarfile already read ahead is drained first, whole, and then whole blocks of its
         # read size: both come back without tarfile splicing buffers, i.e. without a copy
-        ahead = capped.count - source.tell()
+        ahead = guard.count - source.tell()
         chunk = source.read(min(ahead if ahead > 0 else _CHUNK, remaining))
         if not chunk:
             raise BundleRefused(R.MALFORMED_BUNDLE, f"{entry.path} is truncated")

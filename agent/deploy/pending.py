@@ -32,6 +32,9 @@ class PendingOffer(BaseModel):
     name: str
     version: int
     url: str | None = Field(None, description="set when the bundle comes by HTTP range requests")
+    chunk_digests: tuple[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")], ...] = Field(
+        (), description="the offer's per-chunk sha256 list, kept so a resumed transfer checks too"
+    )
 
 
 def pending_path(directory: Path, digest: str) -> Path:

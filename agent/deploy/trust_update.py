@@ -1,4 +1,13 @@
-"""The agent's answer to a trust-update command: step its root document forward, or say why not."""
+"""The agent's answer to a trust-update command: step its root document forward, or say why not.
+
+This is the one way the running agent writes its trust store: `apply_trust_update` on the
+control thread, through `ota.trust_file.apply_root_chain`, which accepts only a chain of roots
+each signed by the threshold of the one before and replaces the file atomically (the offline
+`edgefleet-agent trust` command is the other, for the device's owner). Nothing that parses
+camera streams can reach it: grabber threads get only an opened capture, the trust path is not
+a settable setting, and a remote `set-config` cannot name a GStreamer pipeline or template (a
+`filesink` could otherwise write any file the agent can), see `agent.config_overlay`.
+"""
 
 from __future__ import annotations
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import queue
+import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,15 +14,28 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config_overlay import OVERLAY_FILE, ConfigRejected, merge_patch, settings_with_overlay
+from agent.config_overlay import (
+    OVERLAY_FILE,
+    ConfigRejected,
+    apply_overlay,
+    merge_patch,
+    save_overlay,
+    settings_with_overlay,
+)
 from agent.daemon import Agent
 from agent.settings import AgentSettings
 from controller.demo.sample_video import write_sample_video
+from ota.commands import sign_command
+from ota.keys import SigningKey
+from ota.trust import TrustStore
+from ota.trust_file import save_trust_store
 from protocol.codec import decode, encode
 from protocol.messages import Ack, Health, RestartPipeline, SetConfig, State
 from protocol.topics import Topics
 
 DEVICE = "cam-cfg"
+# the controller's command key, which the device's trust store lists
+COMMAND_KEY = SigningKey.generate()
 
 
 class Operator:
@@ -56,6 +71,7 @@ class Operator:
             self.acks.put(decode(message.payload, Ack))
 
     def send(self, command: SetConfig | RestartPipeline, timeout: float = 20) -> Ack:
+        command = sign_command(command, [COMMAND_KEY], now=time.time(), ttl_s=60)
         self.client.publish(self.topics.cmd(DEVICE), encode(command), qos=1)
         while True:  # bounded by the queue timeout: acks of other commands are skipped
             ack = self.acks.get(timeout=timeout)
@@ -89,12 +105,19 @@ def _stop(agent: Agent, thread: threading.Thread) -> None:
 
 @pytest.fixture
 def base_settings(tmp_path: Path, mosquitto: Any) -> AgentSettings:
+    trust = TrustStore.from_keys(
+        [SigningKey.generate().public_key()], command_keys=[COMMAND_KEY.public_key()]
+    )
+    save_trust_store(trust, tmp_path / "trust.json")
     return AgentSettings(
+        trust_path=tmp_path / "trust.json",
         device_id=DEVICE,
         data_dir=tmp_path / "agent",
         mqtt={"port": mosquitto.port, "keepalive": 5},
         profile="generic-x86-64",
         health_interval_s=600,
+        # the sample videos these tests point cameras at are written here
+        allowed_file_roots=[tmp_path],
     )
 
 
@@ -220,3 +243,85 @@ def test_patches_merge_and_a_broken_overlay_file_is_ignored_at_start(
     base_settings.data_dir.mkdir(parents=True)
     (base_settings.data_dir / OVERLAY_FILE).write_text("det_batch_max: [not, a, number]\n")
     assert settings_with_overlay(base_settings) == base_settings
+
+
+def _local(tmp_path: Path, cameras: list[dict[str, Any]] | None = None) -> AgentSettings:
+    return AgentSettings(
+        device_id=DEVICE,
+        data_dir=tmp_path / "agent",
+        allowed_file_roots=[tmp_path / "videos"],
+        cameras=cameras or [],
+        max_cameras=3,
+    )
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "0",
+        "/dev/video2",
+        "rtsp://10.0.0.7:554/stream1",
+        "rtsps://cam.local/live",
+        "http://cam.local/mjpeg",
+        "https://cam.local:8443/video.mjpg",
+    ],
+)
+def test_remote_cameras_may_name_v4l2_rtsp_and_mjpeg_sources(tmp_path: Path, source: str) -> None:
+    settings = apply_overlay(_local(tmp_path), {"cameras": [{"id": "c", "source": source}]})
+    assert [c.source for c in settings.cameras] == [source]
+
+
+def test_remote_cameras_may_name_files_under_the_allowed_roots(tmp_path: Path) -> None:
+    clip = tmp_path / "videos" / "sub" / "clip.avi"
+    settings = apply_overlay(_local(tmp_path), {"cameras": [{"id": "c", "source": str(clip)}]})
+    assert settings.cameras[0].source == str(clip)
+    with pytest.raises(ConfigRejected) as caught:
+        apply_overlay(_local(tmp_path), {"cameras": [{"id": "c", "source": "videos/clip.avi"}]})
+    assert caught.value.reason == "source_refused"
+
+
+def test_pipelines_and_templates_from_the_local_file_stay_settable_as_they_are(
+    tmp_path: Path,
+) -> None:
+    pipeline = "nvarguscamerasrc ! nvvidconv ! appsink"
+    local = _local(
+        tmp_path,
+        [
+            {"id": "csi", "source": pipeline},
+            {"id": "prof", "source": "profile", "template": {"sensor_id": 1}},
+        ],
+    )
+    # the operator changes a filter: the local pipeline and template come back unchanged
+    patch = {
+        "cameras": [
+            {"id": "csi", "source": pipeline, "filters": {"min_score": 0.7}},
+            {"id": "prof", "source": "profile", "template": {"sensor_id": 1}},
+        ]
+    }
+    settings = apply_overlay(local, patch)
+    assert settings.cameras[0].filters.min_score == 0.7
+    # but not a changed template, nor the local pipeline under another camera id
+    for camera in (
+        {"id": "prof", "source": "profile", "template": {"sensor_id": 2}},
+        {"id": "other", "source": pipeline},
+    ):
+        with pytest.raises(ConfigRejected) as caught:
+            apply_overlay(local, {"cameras": [camera]})
+        assert caught.value.reason == "pipeline_refused"
+
+
+def test_a_saved_overlay_with_a_pipeline_is_ignored_at_start(tmp_path: Path) -> None:
+    local = _local(tmp_path)
+    save_overlay(local.data_dir, {"cameras": [{"id": "x", "source": "a ! filesink"}]})
+    assert settings_with_overlay(local).cameras == []
+
+
+def test_the_data_folder_is_made_private_even_when_it_exists(
+    base_settings: AgentSettings, operator: Operator
+) -> None:
+    base_settings.data_dir.mkdir(mode=0o755)
+    agent, thread = _start(base_settings, operator)
+    try:
+        assert stat.S_IMODE(base_settings.data_dir.stat().st_mode) == 0o700
+    finally:
+        _stop(agent, thread)

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from ota.transfer import ChunkAssembler, Offer, TransferError
+from ota.transfer import MAX_CHUNKS, BadChunk, ChunkAssembler, Offer, TransferError, chunk_digests
 
 
 def _offer(data: bytes, chunk_size: int) -> Offer:
@@ -80,3 +80,40 @@ def test_chunks_that_do_not_fit_the_offer_are_refused(tmp_path, index, total, si
 def test_offer_that_does_not_add_up_is_refused():
     with pytest.raises(TransferError):
         Offer(digest="0" * 64, size=2500, chunk_size=1000, chunks=2)
+
+
+def test_chunk_digests_cut_the_file_as_the_offer_does(tmp_path):
+    data = os.urandom(2500)
+    path = tmp_path / "b"
+    path.write_bytes(data)
+    digests = chunk_digests(path, 1000)
+    assert digests == tuple(hashlib.sha256(c).hexdigest() for c in _chunks(data, 1000))
+
+
+def test_a_chunk_that_fails_its_digest_is_dropped_alone_and_can_come_again(tmp_path):
+    data = os.urandom(3000)
+    source = tmp_path / "src"
+    source.write_bytes(data)
+    plain = _offer(data, 1000)
+    offer = Offer(plain.digest, 3000, 1000, 3, chunk_digests(source, 1000))
+    assembler = ChunkAssembler(tmp_path / "dl", offer)
+    parts = _chunks(data, 1000)
+    assembler.add(0, 3, parts[0])
+    with pytest.raises(BadChunk):
+        assembler.add(1, 3, os.urandom(1000))
+    # nothing of it was written, and the good chunk stays
+    assert assembler.missing_ranges() == [(1, 2)]
+    assert assembler.part_path.read_bytes()[1000:2000] in (b"", b"\0" * 1000)
+    assert assembler.add(1, 3, parts[1]) and assembler.add(2, 3, parts[2])
+    assert assembler.finish().read_bytes() == data
+
+
+def test_offer_whose_digest_list_does_not_match_its_chunks_is_refused():
+    with pytest.raises(TransferError):
+        Offer(digest="0" * 64, size=2500, chunk_size=1000, chunks=3, chunk_digests=("0" * 64,))
+
+
+def test_offer_of_more_chunks_than_the_map_may_hold_is_refused():
+    size = (MAX_CHUNKS + 1) * 16
+    with pytest.raises(TransferError):
+        Offer(digest="0" * 64, size=size, chunk_size=16, chunks=MAX_CHUNKS + 1)

@@ -13,6 +13,7 @@ from agent.deploy.deployer import DeviceDeployer
 from agent.deploy.http_download import HttpDownloads
 from agent.deploy.installer import Installer
 from agent.link.events import EventReporter
+from agent.link.origin import ControllerOrigin, ForeignOrigin
 from ota.http_fetch import RetryPolicy
 from ota.install import SlotStore
 from ota.trust_file import save_trust_store
@@ -197,3 +198,127 @@ def test_a_restart_mid_download_takes_the_http_download_up_again(
     again: list = []
     _deployer(tmp_path, trust, again, []).resume()
     assert again == []
+
+
+def test_a_download_outside_the_controller_origin_never_starts(tmp_path: Path) -> None:
+    downloads = HttpDownloads(tmp_path, origin=ControllerOrigin("https://controller.example:8443"))
+    offer = BundleOffer(
+        name="face",
+        version=1,
+        digest="a" * 64,
+        size=10,
+        chunk_size=10,
+        chunks=1,
+        url="https://elsewhere.example:8443/api/bundles/x/file",
+    )
+    with pytest.raises(ForeignOrigin):
+        downloads.start(offer, "cmd-00001")
+    assert not downloads.active(offer.digest)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_controller_origin_matches_scheme_host_and_port_only() -> None:
+    origin = ControllerOrigin("https://Controller.example")
+    assert origin.check("https://controller.example:443/api/bundles/x/file")
+    for url in (
+        "http://controller.example/api",
+        "https://controller.example:444/api",
+        "https://controller.example.evil/api",
+        "https://user@controller.example/api",
+        "file:///etc/passwd",
+    ):
+        with pytest.raises(ForeignOrigin):
+            origin.check(url)
+    loopback = ControllerOrigin(fallback_host="127.0.0.1")
+    assert loopback.check("http://127.0.0.1:41234/api/bundles/x/file")
+    with pytest.raises(ForeignOrigin):
+        loopback.check("http://10.0.0.1:41234/api")
+
+
+def _fleet_ca(folder: Path) -> tuple[Path, Path, Path]:
+    """A fleet CA and a server certificate for 127.0.0.1 it signed: (ca, cert, key) PEMs."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def cert(subject: str, key, issuer: str, signer, ca: bool, san=None):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if san is not None:
+            builder = builder.add_extension(san, critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = cert("fleet ca", ca_key, "fleet ca", ca_key, True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    server = cert("controller", key, "fleet ca", ca_key, False, san)
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+def test_https_downloads_trust_the_fleet_ca_and_nothing_else(tmp_path: Path) -> None:
+    import hashlib
+    import ssl
+
+    ca, cert, key = _fleet_ca(tmp_path)
+    body = b"bundle bytes " * 100
+    handler = type("Files", (_Files,), {"body": body, "release": threading.Event()})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    origin = f"https://127.0.0.1:{httpd.server_address[1]}"
+    offer = BundleOffer(
+        name="face",
+        version=1,
+        digest=hashlib.sha256(body).hexdigest(),
+        size=len(body),
+        chunk_size=1024,
+        chunks=-(-len(body) // 1024),
+        url=f"{origin}/bundle",
+    )
+    policy = RetryPolicy(attempts=1, base_delay_s=0.01, max_delay_s=0.01, read_timeout_s=2)
+    try:
+        outcomes = []
+        for ca_file, folder in ((ca, "with-ca"), (None, "system-cas")):
+            downloads = HttpDownloads(
+                tmp_path / folder, policy=policy, origin=ControllerOrigin(origin, ca_file=ca_file)
+            )
+            downloads.start(offer, "cmd-00001")
+            assert downloads.join(10)
+            [last] = [u for u in downloads.poll() if u.kind in ("done", "failed")]
+            outcomes.append(last)
+        with_ca, without = outcomes
+        assert with_ca.kind == "done" and with_ca.path is not None
+        assert with_ca.path.read_bytes() == body
+        # the system's CAs do not know the fleet CA: the server is not believed
+        assert without.kind == "failed" and "CERTIFICATE_VERIFY_FAILED" in without.message
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
