@@ -54,6 +54,7 @@ class BundleSpec(BaseModel):
 
     name: str
     version: Annotated[int, Field(ge=1)]
+    release: Annotated[int, Field(ge=0)] = 0
     labels: tuple[str, ...]
     input: InputSpec
     postprocess: PostprocessSpec
@@ -101,6 +102,7 @@ def build_bundle(
     manifest = Manifest(
         name=spec.name,
         version=spec.version,
+        release=spec.release,
         created=now,
         expires=now + timedelta(days=spec.expires_days),
         labels=spec.labels,

@@ -1,8 +1,10 @@
 """Install verified bundles into A/B slots and switch between them atomically (device side).
 
 Layout under `root`: `slots/a`, `slots/b` (each `files/…`, `manifest.json`, `install.json`),
-`current` (which slot is live, and whether it is still on probation) and `versions.json` (the
-anti-rollback floor per bundle name). One process owns a store at a time.
+`current` (which slot is live, and whether it is still on probation), `versions.json` (the
+anti-rollback floor per bundle name) and `release_floor.json` (the floor across names: the
+highest manifest `release` ever committed; nothing below it is installed or rolled back to).
+One process owns a store at a time.
 
 A fresh install is current in state `probation`; the agent counts each start of it
 (`begin_attempt`) and calls `commit` once it proved healthy. While a bundle is on probation the
@@ -39,6 +41,7 @@ PointerState = Literal["probation", "committed"]
 StageHook = Callable[[str], None]
 _OTHER: dict[Slot, Slot] = {"a": "b", "b": "a"}
 _FLOORS = TypeAdapter(dict[str, int])
+_RELEASE_FLOOR = "release_floor.json"
 _CHUNK = 1 << 20
 
 
@@ -120,6 +123,7 @@ class SlotStore:
                 )
                 # tar padding after the last member is part of the digest the controller sent
                 digest = stream.finish(max_bundle_bytes)
+            self._check_release(manifest)
             record = SlotRecord(
                 slot=slot, digest=digest, name=manifest.name, version=manifest.version
             )
@@ -158,6 +162,10 @@ class SlotStore:
         pointer = self._read_pointer()
         if pointer is None or pointer.digest != digest:
             raise StoreCorrupt(f"bundle {digest[:12]} is not current")
+        bundle = self._load_slot(pointer.slot, check_files=False)
+        if bundle is not None:
+            # raised only once proven: a probation that fails falls back to the bundle before
+            self._raise_release_floor(bundle.manifest.release)
         if pointer.state != "committed":
             self._write_pointer(pointer.model_copy(update={"state": "committed"}))
 
@@ -181,15 +189,42 @@ class SlotStore:
         Raises StoreCorrupt, OSError."""
         return self._read_floors().get(name)
 
+    def release_floor(self) -> int:
+        """The highest manifest `release` committed here; 0 before any. Raises StoreCorrupt,
+        OSError."""
+        try:
+            data = (self.root / _RELEASE_FLOOR).read_bytes()
+        except FileNotFoundError:
+            return 0
+        try:
+            return _FLOORS.validate_json(data)["release"]
+        except (ValidationError, KeyError) as exc:
+            raise StoreCorrupt(f"unreadable {_RELEASE_FLOOR}: {exc}") from exc
+
+    def rollback_refusal(self) -> str | None:
+        """Why the previous slot must not be rolled back to (its release is below the floor),
+        or None. Raises StoreCorrupt, OSError."""
+        pointer = self._read_pointer()
+        if pointer is None:
+            return None
+        bundle = self._load_slot(_OTHER[pointer.slot], check_files=False)
+        floor = self.release_floor()
+        if bundle is None or bundle.manifest.release >= floor:
+            return None
+        return (
+            f"{bundle.manifest.name} {bundle.manifest.version} has release "
+            f"{bundle.manifest.release}, below this device's floor {floor}"
+        )
+
     def rollback(self) -> InstalledBundle | None:
-        """Switch to the other slot if its files still match its manifest; None if not.
-        Raises OSError."""
+        """Switch to the other slot if its files still match its manifest and its release is
+        not below the floor; None if not. Raises StoreCorrupt, OSError."""
         pointer = self._read_pointer()
         if pointer is None:
             return None
         slot = _OTHER[pointer.slot]
         bundle = self._load_slot(slot, check_files=True)
-        if bundle is None:
+        if bundle is None or bundle.manifest.release < self.release_floor():
             return None
         # what the agent falls back to is the bundle that ran before: no probation again
         self._write_pointer(_pointer_to(bundle))
@@ -253,6 +288,18 @@ class SlotStore:
             return {}
         except ValidationError as exc:
             raise StoreCorrupt(f"unreadable versions.json: {exc}") from exc
+
+    def _check_release(self, manifest: Manifest) -> None:
+        floor = self.release_floor()
+        if manifest.release < floor:
+            raise BundleRefused(
+                RefusalReason.ROLLBACK,
+                f"{manifest.name} release {manifest.release} < this device's floor {floor}",
+            )
+
+    def _raise_release_floor(self, release: int) -> None:
+        if release > self.release_floor():
+            write_atomic(self.root / _RELEASE_FLOOR, canonical_json({"release": release}))
 
     def _raise_floor(self, name: str, version: int) -> None:
         floors = self._read_floors()

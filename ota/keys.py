@@ -1,4 +1,5 @@
-"""Ed25519 release keys: the controller signs manifests, devices verify them."""
+"""Ed25519 keys: release keys sign manifests, root keys sign roots, command keys sign commands;
+devices verify them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from ota.atomic import write_atomic
 
 _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+
+
+def is_encrypted_pem(path: Path) -> bool:
+    """True when the PEM file at `path` holds an encrypted private key. Raises OSError."""
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in Path(path).read_bytes()
 
 
 class PublicKey:
@@ -66,19 +72,26 @@ class SigningKey:
         return cls(Ed25519PrivateKey.generate())
 
     @classmethod
-    def load(cls, path: Path) -> SigningKey:
-        """Read an unencrypted PKCS#8 PEM file. Raises OSError, ValueError (not Ed25519)."""
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    def load(cls, path: Path, passphrase: bytes | None = None) -> SigningKey:
+        """Read a PKCS#8 PEM file, encrypted when `passphrase` is given.
+
+        Raises OSError; ValueError (not Ed25519, a wrong or missing passphrase); TypeError
+        (a passphrase for an unencrypted file)."""
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=passphrase)
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{path} does not hold an Ed25519 private key")
         return cls(key)
 
-    def save(self, path: Path) -> None:
-        """Write the key as PEM, readable by the owner only, atomically. Raises OSError."""
+    def save(self, path: Path, passphrase: bytes | None = None) -> None:
+        """Write the key as PEM, encrypted when `passphrase` is given, readable by the owner
+        only, atomically. Raises OSError."""
+        encryption: serialization.KeySerializationEncryption = (
+            serialization.BestAvailableEncryption(passphrase)
+            if passphrase
+            else serialization.NoEncryption()
+        )
         pem = self._key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
         )
         # the temp file is created 0600 too, so the key is never briefly world-readable
         write_atomic(Path(path), pem, mode=0o600)

@@ -1,7 +1,23 @@
-"""The signed root document: which keys sign roots and releases, and how many must.
+"""The signed root document: which keys sign roots, releases and commands, and how many must.
 
 Modelled on TUF's root role. A pure core: functions take the document bytes and the time
 and return a `Root` or raise `RootRefused`; reading and writing files is the caller's job.
+
+Roles: `root` signs root documents, `release` signs bundle manifests, `command` signs the
+controller's commands (`ota.commands`). The command role is rotated with the root like the
+release role: a new command key reaches devices in root version N+1, listed beside the old
+one until every device has that root, so commands signed by either key keep working.
+
+Walking a chain of roots (`apply_root_chain`, as TUF does): each intermediate root must be
+signed by the old and the new root threshold and carry the next version, but only the newest
+root's expiry counts, so a device that was offline past an intermediate root's expiry still
+reaches the newest root.
+
+Migration of trust stores from before signed commands: a root (or plain store) without a
+command role makes the agent refuse every command as `no_command_keys` except `trust-update`,
+whose root documents vouch for themselves by their root signatures. Such a device is brought
+to signed commands by pushing a root that lists the command keys; nothing else is accepted
+unsigned, so an old store never weakens a device: it only narrows what it obeys.
 """
 
 from __future__ import annotations
@@ -58,6 +74,8 @@ class RoleKeys(_RootPart):
 class Roles(_RootPart):
     root: RoleKeys
     release: RoleKeys
+    # absent in roots made before signed commands; see the module docstring
+    command: RoleKeys | None = None
 
 
 class RootSigned(_RootPart):
@@ -83,15 +101,18 @@ class RootSigned(_RootPart):
             # a keyid that is not its key's digest would let one key count as two
             if PublicKey.from_hex(key_hex).keyid != keyid:
                 raise ValueError(f"keyid {keyid[:16]}... does not match its key")
-        for name in ("root", "release"):
-            role: RoleKeys = getattr(self.roles, name)
+        for name in ("root", "release", "command"):
+            role: RoleKeys | None = getattr(self.roles, name)
+            if role is None:
+                continue
             missing = [k for k in role.keyids if k not in self.keys]
             if missing:
                 raise ValueError(f"{name} role names unknown key {missing[0][:16]}...")
         return self
 
     def canonical_bytes(self) -> bytes:
-        return canonical_json(self.model_dump(mode="json"))
+        # a root without a command role keeps the bytes it was signed with
+        return canonical_json(self.model_dump(mode="json", exclude_none=True))
 
 
 class _Document(_RootPart):
@@ -118,13 +139,20 @@ class Root:
     def trust_store(self) -> TrustStore:
         """The release keys, threshold and revocations bundles are checked against."""
         release = self.signed.roles.release
+        command = self.signed.roles.command
         return TrustStore(
             release_keys={k: self.signed.keys[k] for k in release.keyids},
             threshold=release.threshold,
             revoked=frozenset(self.signed.revoked),
             expires=self.signed.expires,
             root_version=self.signed.version,
+            command_keys={k: self.signed.keys[k] for k in command.keyids} if command else {},
+            command_threshold=command.threshold if command else 1,
         )
+
+    def expires_within(self, now: datetime, days: int) -> bool:
+        """True when this root expires before `now` + `days` (time to sign the next one)."""
+        return self.expires <= now + timedelta(days=days)
 
 
 def root_signed(
@@ -136,9 +164,17 @@ def root_signed(
     release_keys: Sequence[PublicKey],
     release_threshold: int,
     revoked: Iterable[str] = (),
+    command_keys: Sequence[PublicKey] = (),
+    command_threshold: int = 1,
 ) -> RootSigned:
-    """The signed part of a root naming these keys. Raises pydantic.ValidationError."""
-    keys = {key.keyid: key.to_hex() for key in [*root_keys, *release_keys]}
+    """The signed part of a root naming these keys; no command role when `command_keys` is
+    empty. Raises pydantic.ValidationError."""
+    keys = {key.keyid: key.to_hex() for key in [*root_keys, *release_keys, *command_keys]}
+    command = (
+        RoleKeys(keyids=tuple(k.keyid for k in command_keys), threshold=command_threshold)
+        if command_keys
+        else None
+    )
     return RootSigned(
         version=version,
         expires=expires,
@@ -148,6 +184,7 @@ def root_signed(
             release=RoleKeys(
                 keyids=tuple(k.keyid for k in release_keys), threshold=release_threshold
             ),
+            command=command,
         ),
         revoked=tuple(sorted(set(revoked))),
     )
@@ -178,7 +215,7 @@ def sign_root(signed: RootSigned, keys: Iterable[SigningKey]) -> bytes:
     message = signed.canonical_bytes()
     by_id = {key.keyid: key for key in keys}
     doc = {
-        "signed": signed.model_dump(mode="json"),
+        "signed": signed.model_dump(mode="json", exclude_none=True),
         "signatures": [{"keyid": k, "sig": key.sign(message).hex()} for k, key in by_id.items()],
     }
     return (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode("utf-8")
@@ -205,9 +242,15 @@ def load_root(data: bytes, now: datetime, *, clock_skew: timedelta = DEFAULT_CLO
 
 
 def update_root(
-    current: Root, new_data: bytes, now: datetime, *, clock_skew: timedelta = DEFAULT_CLOCK_SKEW
+    current: Root,
+    new_data: bytes,
+    now: datetime,
+    *,
+    clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
+    check_expiry: bool = True,
 ) -> Root:
-    """Accept version N+1 only if a threshold of the old and of the new root keys signed it.
+    """Accept version N+1 only if a threshold of the old and of the new root keys signed it;
+    `check_expiry=False` for an intermediate root of a chain, whose expiry does not count.
 
     Raises RootRefused (malformed_root, root_threshold_not_met, root_version, expired);
     ValueError for a naive `now`."""
@@ -222,7 +265,10 @@ def update_root(
         raise RootRefused(
             R.ROOT_VERSION, f"version {signed.version} does not follow {current.version}"
         )
-    _require_fresh(signed, now, clock_skew)
+    if check_expiry:
+        _require_fresh(signed, now, clock_skew)
+    elif now.tzinfo is None:
+        raise ValueError("now must carry a UTC offset")
     return Root(signed=signed, signatures=doc.signatures, raw=new_data)
 
 
@@ -270,6 +316,13 @@ def _require_threshold(
             R.ROOT_THRESHOLD_NOT_MET,
             f"{len(valid)} of {role.threshold} required signatures by {whose}",
         )
+
+
+def require_fresh(root: Root, now: datetime, *, clock_skew: timedelta = DEFAULT_CLOCK_SKEW) -> None:
+    """Refuse `root` if it expired before `now` (with the skew allowance).
+
+    Raises RootRefused (expired); ValueError for a naive `now`."""
+    _require_fresh(root.signed, now, clock_skew)
 
 
 def _require_fresh(signed: RootSigned, now: datetime, skew: timedelta) -> None:

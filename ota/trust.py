@@ -1,4 +1,5 @@
-"""The device's trust store: which release keys may sign bundles, and how many must.
+"""The device's trust store: which release keys may sign bundles, which command keys may sign
+commands, and how many of each must.
 
 A pure value: `ota.root` derives one from a root document, `ota.trust_file` reads and writes it.
 """
@@ -33,6 +34,12 @@ class TrustStore(BaseModel):
     root_version: int | None = Field(
         default=None, description="version of the root document this store came from"
     )
+    command_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="keyid -> raw Ed25519 public key, hex, of the keys that sign commands; "
+        "empty: a store from before signed commands (see ota.root)",
+    )
+    command_threshold: Annotated[int, Field(ge=1)] = 1
 
     @model_validator(mode="after")
     def _keys_match_ids(self) -> TrustStore:
@@ -44,17 +51,34 @@ class TrustStore(BaseModel):
             raise ValueError(
                 f"threshold {self.threshold} exceeds the {len(self.release_keys)} release keys"
             )
+        for keyid, key_hex in self.command_keys.items():
+            if PublicKey.from_hex(key_hex).keyid != keyid:
+                raise ValueError(f"command keyid {keyid[:16]}... does not match its key")
+        if self.command_keys and self.command_threshold > len(self.command_keys):
+            raise ValueError(
+                f"command threshold {self.command_threshold} exceeds the "
+                f"{len(self.command_keys)} command keys"
+            )
         return self
 
     @classmethod
     def from_keys(
-        cls, keys: Iterable[PublicKey], threshold: int = 1, revoked: Iterable[str] = ()
+        cls,
+        keys: Iterable[PublicKey],
+        threshold: int = 1,
+        revoked: Iterable[str] = (),
+        *,
+        command_keys: Iterable[PublicKey] = (),
+        command_threshold: int = 1,
     ) -> TrustStore:
-        """Build a store trusting `keys`. Raises pydantic.ValidationError."""
+        """Build a store trusting `keys` for bundles and `command_keys` for commands.
+        Raises pydantic.ValidationError."""
         return cls(
             release_keys={key.keyid: key.to_hex() for key in keys},
             threshold=threshold,
             revoked=frozenset(revoked),
+            command_keys={key.keyid: key.to_hex() for key in command_keys},
+            command_threshold=command_threshold,
         )
 
     def trusted_key(self, keyid: str) -> PublicKey | None:
@@ -62,6 +86,12 @@ class TrustStore(BaseModel):
         if keyid in self.revoked or keyid not in self.release_keys:
             return None
         return PublicKey.from_hex(self.release_keys[keyid])
+
+    def trusted_command_key(self, keyid: str) -> PublicKey | None:
+        """The command key whose signatures count for `keyid`; None if unknown or revoked."""
+        if keyid in self.revoked or keyid not in self.command_keys:
+            return None
+        return PublicKey.from_hex(self.command_keys[keyid])
 
     def revoke(self, keyid: str) -> TrustStore:
         """A copy in which `keyid`'s signatures no longer count."""

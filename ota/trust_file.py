@@ -13,7 +13,14 @@ from pathlib import Path
 
 from ota.atomic import write_atomic
 from ota.errors import RootRefused
-from ota.root import Root, is_root_document, parse_root, trust_store_from_bytes, update_root
+from ota.root import (
+    Root,
+    is_root_document,
+    parse_root,
+    require_fresh,
+    trust_store_from_bytes,
+    update_root,
+)
 from ota.trust import TrustStore
 from protocol.events import RefusalReason
 
@@ -47,18 +54,33 @@ def apply_root_update(path: Path, new_data: bytes, now: datetime) -> int:
 
 
 def apply_root_chain(path: Path, documents: Iterable[bytes], now: datetime) -> int:
-    """Step the root at `path` through `documents`, oldest first, writing each accepted one;
-    the version trusted at the end. Documents not newer than the trusted root are skipped, so
-    a resent or overlapping chain is harmless.
+    """Step the root at `path` through `documents`, oldest first; the version trusted at the end.
+    Documents not newer than the trusted root are skipped, so a resent or overlapping chain is
+    harmless.
 
-    Raises ota.errors.RootRefused (no_root, or at the first document refused), OSError."""
-    current, _ = _trusted_root(path)
+    As TUF does, each intermediate root's signatures and version are checked but only the
+    newest root's expiry, so a device offline past an intermediate root's expiry still gets
+    through. The newest root reached is written once, and only when it has not expired; a
+    refusal part-way keeps the progress made up to that document.
+
+    Raises ota.errors.RootRefused (no_root, expired when the newest root reached has expired,
+    or why a document was refused), OSError."""
+    trusted, _ = _trusted_root(path)
+    current = trusted
+    refused: RootRefused | None = None
     for data in documents:
-        if parse_root(data).version <= current.version:
-            continue
-        current = update_root(current, data, now)
-        # each step is written at once: a later refusal keeps the progress made
+        try:
+            if parse_root(data).version <= current.version:
+                continue
+            current = update_root(current, data, now, check_expiry=False)
+        except RootRefused as exc:
+            refused = exc
+            break
+    if current is not trusted:
+        require_fresh(current, now)
         write_atomic(Path(path), current.raw)
+    if refused is not None:
+        raise refused
     return current.version
 
 

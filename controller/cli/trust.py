@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from controller.auth.signing import ROOT_EXPIRY_WARNING_DAYS, root_expiry_warning
 from controller.cli.client import (
     EXIT_OK,
     EXIT_UNREACHABLE,
@@ -38,6 +39,10 @@ def cmd_trust_push(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"edgefleet: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    # the newest root is the one devices will hold: say so if it is about to run out
+    warning = root_expiry_warning(args.roots[-1], days=args.warn_days)
+    if warning is not None:
+        print(f"edgefleet: warning: {warning}", file=sys.stderr)
     headers = {"content-type": "application/json"}
     answer = api_request(args, "POST", "/api/trust", content=body, headers=headers)
     rows = [
@@ -60,4 +65,10 @@ def add_trust_parser(subparsers: Any) -> None:
     push = sub.add_parser("push", help="send root documents (oldest first) to every device")
     add_api_options(push)
     push.add_argument("roots", type=Path, nargs="+", help="root.json, or root.N.json files")
+    push.add_argument(
+        "--warn-days",
+        type=int,
+        default=ROOT_EXPIRY_WARNING_DAYS,
+        help="warn when the newest root pushed expires within this many days",
+    )
     push.set_defaults(func=cmd_trust_push)

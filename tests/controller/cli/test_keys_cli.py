@@ -51,22 +51,32 @@ def device(tmp_path: Path, folder: Path) -> Path:
     return path
 
 
-def test_init_writes_private_keys_0600_and_a_self_signed_root(folder: Path) -> None:
-    names = sorted(p.name for p in folder.iterdir())
+def test_init_keeps_each_role_in_its_own_folder_0600_beside_a_self_signed_root(folder: Path):
+    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
     assert names == [
-        "release-1.pem",
-        "root-1.pem",
-        "root-2.pem",
+        "command/command-1.pem",
+        "command/command-1.pub",
+        "release/release-1.pem",
+        "release/release-1.pub",
         "root.1.json",
         "root.json",
+        "root/root-1.pem",
+        "root/root-1.pub",
+        "root/root-2.pem",
+        "root/root-2.pub",
         "trust.json",
     ]
-    for pem in folder.glob("*.pem"):
+    assert not list(folder.glob("*.pem")), "no private key beside the public root"
+    for pem in folder.rglob("*.pem"):
         assert stat.S_IMODE(pem.stat().st_mode) == 0o600
+    for role in ("root", "release", "command"):
+        assert stat.S_IMODE((folder / role).stat().st_mode) == 0o700
     root = parse_root((folder / "root.json").read_bytes())
     assert root.version == 1 and root.signed.roles.root.threshold == 2
-    assert load_trust_store(folder / "trust.json").root_version == 1
+    trust = load_trust_store(folder / "trust.json")
+    command = SigningKey.load(folder / "command" / "command-1.pem")
+    assert trust.root_version == 1 and list(trust.command_keys) == [command.keyid]
 
 
 def test_rotate_root_twice_gives_a_chain_a_v1_device_follows(folder: Path, device: Path):
@@ -86,7 +96,7 @@ def test_rotate_root_twice_gives_a_chain_a_v1_device_follows(folder: Path, devic
 
 
 def test_rotate_root_without_the_old_root_keys_fails(folder: Path, capsys) -> None:
-    (folder / "root-2.pem").unlink()
+    (folder / "root" / "root-2.pem").unlink()
 
     assert keys_cmd(folder, "rotate-root") == 1
     assert "1 of the 2 root keys" in capsys.readouterr().err
@@ -94,11 +104,11 @@ def test_rotate_root_without_the_old_root_keys_fails(folder: Path, capsys) -> No
 
 
 def test_revoke_release_refuses_bundles_signed_by_that_key(folder, device, tmp_path) -> None:
-    old_key = SigningKey.load(folder / "release-1.pem")
+    old_key = SigningKey.load(folder / "release" / "release-1.pem")
     assert keys_cmd(folder, "revoke-release", old_key.keyid[:12]) == 1, "the only release key"
     assert keys_cmd(folder, "add-release") == 0
     assert keys_cmd(folder, "revoke-release", old_key.keyid[:12]) == 0
-    new_key = SigningKey.load(folder / "release-2.pem")
+    new_key = SigningKey.load(folder / "release" / "release-2.pem")
     old_bundle = bundle(tmp_path / "old.tar", old_key)
 
     for version in (2, 3):
@@ -113,7 +123,7 @@ def test_revoke_release_refuses_bundles_signed_by_that_key(folder, device, tmp_p
 
 
 def test_bundle_inspect_shows_the_manifest_and_the_verdict(folder: Path, tmp_path, capsys):
-    key = SigningKey.load(folder / "release-1.pem")
+    key = SigningKey.load(folder / "release" / "release-1.pem")
     path = bundle(tmp_path / "face.tar", key)
 
     assert main(["bundle", "inspect", str(path), "--trust", str(folder / "root.json")]) == 0
@@ -161,3 +171,64 @@ def test_bundle_inspect_shows_an_unsigned_bundle_and_refuses_it(folder, tmp_path
     assert main(["bundle", "inspect", str(path), "--trust", str(folder / "root.json")]) == 1
     out = capsys.readouterr().out
     assert "face@3" in out and "signed by" not in out and "verdict   refused unsigned" in out
+
+
+def test_every_root_change_keeps_the_command_role(folder: Path) -> None:
+    assert keys_cmd(folder, "add-release") == 0
+    assert keys_cmd(folder, "rotate-root") == 0
+    first = parse_root((folder / "root.1.json").read_bytes()).signed.roles.command
+    last = parse_root((folder / "root.json").read_bytes()).signed.roles.command
+    assert first is not None and last == first
+
+
+def test_a_new_command_key_is_listed_beside_the_old_then_the_old_removed(folder, device):
+    old = SigningKey.load(folder / "command" / "command-1.pem")
+    assert keys_cmd(folder, "add-command") == 0
+    new = SigningKey.load(folder / "command" / "command-2.pem")
+    assert apply_root_update(device, (folder / "root.2.json").read_bytes(), now()) == 2
+    assert set(load_trust_store(device).command_keys) == {old.keyid, new.keyid}
+
+    assert keys_cmd(folder, "remove-command", old.keyid[:10]) == 0
+    assert apply_root_update(device, (folder / "root.3.json").read_bytes(), now()) == 3
+    assert list(load_trust_store(device).command_keys) == [new.keyid]
+    assert keys_cmd(folder, "remove-command", new.keyid[:10]) == 1, "the last command key"
+
+
+def test_encrypted_keys_need_the_passphrase(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("EDGEFLEET_KEY_PASSPHRASE", "correct horse")
+    folder = tmp_path / "sealed"
+    assert keys_cmd(folder, "init", "--encrypt") == 0
+    pem = folder / "root" / "root-1.pem"
+    assert b"ENCRYPTED PRIVATE KEY" in pem.read_bytes()
+    assert b"ENCRYPTED" not in (folder / "command" / "command-1.pem").read_bytes()
+    assert keys_cmd(folder, "add-release") == 0  # opens the root key with the passphrase
+
+    monkeypatch.setenv("EDGEFLEET_KEY_PASSPHRASE", "wrong")
+    assert keys_cmd(folder, "add-release") == 1
+    assert parse_root((folder / "root.json").read_bytes()).version == 2
+    monkeypatch.delenv("EDGEFLEET_KEY_PASSPHRASE")
+    capsys.readouterr()
+    assert keys_cmd(folder, "add-release") == 1
+    assert "EDGEFLEET_KEY_PASSPHRASE" in capsys.readouterr().err
+
+
+def test_list_shows_each_role_and_warns_before_the_root_expires(tmp_path, capsys) -> None:
+    folder = tmp_path / "short"
+    assert keys_cmd(folder, "init", "--expires-days", "10") == 0
+    assert "warning: root version 1 expires in" in capsys.readouterr().err
+    assert keys_cmd(folder, "list") == 0
+    captured = capsys.readouterr()
+    assert "command: 1 of 1" in captured.out and "release: 1 of 1" in captured.out
+    assert str(folder / "command" / "command-1.pem") in captured.out
+    assert "expires in" in captured.err
+    assert keys_cmd(folder, "list", "--warn-days", "5") == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_folder_from_before_the_split_is_still_read(tmp_path) -> None:
+    folder = tmp_path / "flat"
+    assert keys_cmd(folder, "init") == 0
+    for pem in folder.rglob("*-*.pem"):
+        pem.rename(folder / pem.name)
+    assert keys_cmd(folder, "add-release") == 0
+    assert parse_root((folder / "root.json").read_bytes()).version == 2

@@ -21,7 +21,7 @@ def test_keys_init_then_bundle_build_gives_a_bundle_the_trust_store_accepts(
 ):
     keys = tmp_path / "keys"
     assert main(["keys", "init", "--dir", str(keys), "--count", "2", "--threshold", "2"]) == 0
-    for pem in ("release-1.pem", "release-2.pem"):
+    for pem in ("release/release-1.pem", "release/release-2.pem"):
         assert stat.S_IMODE((keys / pem).stat().st_mode) == 0o600
     trust = load_trust_store(keys / "trust.json")
     assert trust.threshold == 2 and len(trust.release_keys) == 2
@@ -29,13 +29,21 @@ def test_keys_init_then_bundle_build_gives_a_bundle_the_trust_store_accepts(
     out = tmp_path / "face.bundle"
     spec = SPECS_DIR / "blazeface-short.yaml"
     args = ["bundle", "build", str(spec), "--out", str(out), "--version", "7"]
-    assert main([*args, "--key", str(keys / "release-1.pem")]) == 0
+    assert main([*args, "--key", str(keys / "release" / "release-1.pem")]) == 0
     with out.open("rb") as stream, pytest.raises(BundleRefused) as refused:
         verify_bundle(stream, trust, datetime.now(timezone.utc))
     assert refused.value.reason is RefusalReason.THRESHOLD_NOT_MET
 
     assert (
-        main([*args, "--key", str(keys / "release-1.pem"), "--key", str(keys / "release-2.pem")])
+        main(
+            [
+                *args,
+                "--key",
+                str(keys / "release" / "release-1.pem"),
+                "--key",
+                str(keys / "release" / "release-2.pem"),
+            ]
+        )
         == 0
     )
     with out.open("rb") as stream:
@@ -46,9 +54,9 @@ def test_keys_init_then_bundle_build_gives_a_bundle_the_trust_store_accepts(
 
 def test_keys_init_refuses_to_overwrite_keys(tmp_path):
     assert main(["keys", "init", "--dir", str(tmp_path)]) == 0
-    before = (tmp_path / "release-1.pem").read_bytes()
+    before = (tmp_path / "release" / "release-1.pem").read_bytes()
     assert main(["keys", "init", "--dir", str(tmp_path)]) == 1
-    assert (tmp_path / "release-1.pem").read_bytes() == before
+    assert (tmp_path / "release" / "release-1.pem").read_bytes() == before
 
 
 def test_models_fetch_reports_cached_paths(blazeface_model, capsys):
@@ -67,7 +75,7 @@ def test_bundle_build_with_a_bad_spec_fails_with_a_message(tmp_path, capsys):
             "build",
             str(spec),
             "--key",
-            str(key / "release-1.pem"),
+            str(key / "release" / "release-1.pem"),
             "--out",
             str(tmp_path / "o"),
         ]

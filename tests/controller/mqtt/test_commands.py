@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from controller.auth.signing import CommandSigner
 from controller.mqtt.commands import CommandSender
 from controller.mqtt.session import PublishError
+from ota.commands import verify_command
+from ota.keys import SigningKey
+from ota.trust import TrustStore
 from protocol.codec import decode_command
 from protocol.messages import RestartPipeline, TrustUpdate
 from protocol.topics import Topics
@@ -41,3 +47,19 @@ def test_a_command_goes_to_its_device_topic_encoded():
 def test_a_refused_publish_reaches_the_caller():
     with pytest.raises(PublishError):
         CommandSender(Recorder(refuse=True), Topics()).send(RestartPipeline(device="cam-7"))
+
+
+def test_with_a_signer_every_command_leaves_signed_and_short_lived():
+    recorder = Recorder()
+    key = SigningKey.generate()
+    sender = CommandSender(recorder, Topics(), signer=CommandSigner([key], ttl_s=120))
+    command = RestartPipeline(device="cam-7", ts=1.0)
+    sender.send(command)
+    ((_, payload, _),) = recorder.sent
+    sent = decode_command(payload)
+    assert sent.id == command.id and sent.exp is not None
+    assert sent.exp - sent.ts == 120 and abs(sent.ts - time.time()) < 5
+    trust = TrustStore.from_keys(
+        [SigningKey.generate().public_key()], command_keys=[key.public_key()]
+    )
+    verify_command(sent, trust, "cam-7", time.time())
