@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import os
+import pwd
 import shutil
 import socket
 import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from controller.auth.acl import BrokerFiles, BrokerPolicy, mosquitto_config, write_broker_files
+from controller.auth.ca import CertificateAuthority, write_identity
 from controller.demo.waiting import WaitTimedOut, wait_until
+from controller.settings import BROKER_DELIVERY_LIMITS
 
 log = logging.getLogger(__name__)
+
+
+DELIVERY_LIMITS = BROKER_DELIVERY_LIMITS
+"""The broker's per-client bounds (`controller.settings.BROKER_DELIVERY_LIMITS`)."""
 
 
 class BrokerError(RuntimeError):
@@ -45,6 +57,23 @@ def wait_for_port(host: str, port: int, timeout: float) -> bool:
         return False
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _same_user() -> list[str]:
+    # Started as root, mosquitto would switch to the `mosquitto` user, which cannot read the
+    # keys and CRL in our private folders: a broker of our own runs as whoever started it.
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return [f"user {pwd.getpwuid(0).pw_name}"]
+    return []
+
+
 class MosquittoBroker:
     """A mosquitto process on its own port with its own config, persistence and log.
 
@@ -61,10 +90,14 @@ class MosquittoBroker:
         extra_config: str = "",
         allow_anonymous: bool = True,
         binary: str | None = None,
+        security_config: str | None = None,
     ) -> None:
         found = binary or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(found).exists():
             raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
+        if security_config is None and not _loopback(host):
+            # beyond loopback only the generated TLS configuration (controller.auth.acl)
+            raise BrokerError(f"tls_required: a plain broker listens on loopback only, not {host}")
         self.binary = found
         self.host = host
         self.port = port or free_port(host)
@@ -73,6 +106,8 @@ class MosquittoBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.extra_config = extra_config
         self.allow_anonymous = allow_anonymous
+        # the generated TLS listeners and ACL (controller.auth.acl) instead of a plain listener
+        self.security_config = security_config
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -84,9 +119,14 @@ class MosquittoBroker:
         return self.workdir / "mosquitto.log"
 
     def write_config(self) -> None:
-        lines = [
-            f"listener {self.port} {self.host}",
-            f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
+        if self.security_config is not None:
+            lines = [self.security_config, *_same_user()]
+        else:
+            lines = [
+                f"listener {self.port} {self.host}",
+                f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
+            ]
+        lines += [
             "persistence true",
             f"persistence_location {self.workdir}/",
             "autosave_interval 1",
@@ -94,8 +134,7 @@ class MosquittoBroker:
             "log_type error",
             "log_type warning",
             "log_type notice",
-            "max_inflight_messages 100",
-            "max_queued_messages 100000",
+            *DELIVERY_LIMITS,
             self.extra_config,
         ]
         self.config_path.write_text("\n".join(lines) + "\n")
@@ -175,6 +214,10 @@ class InProcessBroker:
     """An amqtt broker on a background event loop, for machines without mosquitto."""
 
     def __init__(self, port: int | None = None, *, host: str = "127.0.0.1") -> None:
+        if not _loopback(host):
+            raise BrokerError(
+                f"tls_required: the in-process broker is plain: loopback only, not {host}"
+            )
         self.host = host
         self.port = port or free_port(host)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -231,3 +274,55 @@ def start_local_broker(port: int | None = None) -> MosquittoBroker | InProcessBr
     except BrokerError as exc:
         log.warning("event=mosquitto_unavailable reason=%r fallback=amqtt", str(exc))
         return InProcessBroker(port).start()
+
+
+@dataclass(frozen=True)
+class SecureEndpoint:
+    """How to reach a broker started with the generated TLS + ACL configuration."""
+
+    device_port: int
+    controller_port: int
+    fleet_ca: Path  # devices and the controller check the broker's certificate against it
+    controller_cert: Path
+    controller_key: Path
+    files: BrokerFiles
+    pid_file: Path
+
+
+def start_secure_broker(
+    pki_dir: Path, workdir: Path, prefix: str
+) -> tuple[MosquittoBroker, SecureEndpoint]:
+    """A mosquitto on loopback with the production configuration (controller.auth.acl).
+
+    The fleet CA in `pki_dir/fleet` is the one the controller enrolls devices with; the
+    controller's own identity comes from `pki_dir/service`. Raises BrokerError when mosquitto
+    or its dynamic-security plugin is missing.
+    """
+    policy = BrokerPolicy(
+        prefix=prefix, device_port=free_port(), device_host="127.0.0.1", controller_port=free_port()
+    )
+    if not Path(policy.dynsec_plugin).exists():
+        raise BrokerError(
+            f"mosquitto's dynamic-security plugin is missing ({policy.dynsec_plugin})"
+        )
+    now = datetime.now(timezone.utc)
+    fleet = CertificateAuthority.load_or_create(pki_dir / "fleet")
+    service = CertificateAuthority.load_or_create(pki_dir / "service")
+    files = BrokerFiles(workdir / "broker-files")
+    write_broker_files(files, policy, fleet, service, ["localhost", "127.0.0.1"], [], now)
+    key, cert = write_identity(
+        pki_dir / "controller",
+        "controller",
+        service.issue_identity(policy.controller_identity, now),
+    )
+    pid_file = workdir / "mosquitto.pid"
+    broker = MosquittoBroker(
+        policy.device_port,
+        workdir=workdir / "mosquitto",
+        security_config=mosquitto_config(policy, files),
+        extra_config=f"pid_file {pid_file}",
+    )
+    broker.start()
+    return broker, SecureEndpoint(
+        policy.device_port, policy.controller_port, files.fleet_ca, cert, key, files, pid_file
+    )
