@@ -144,7 +144,41 @@ class HealthRow(Base):
     payload: Mapped[dict[str, Any]] = mapped_column()
     received: Mapped[float] = mapped_column(Float)
 
-    __table_args__ = (Index("ix_health_device_ts", "device", "ts"),)
+    __table_args__ = (
+        Index("ix_health_device_ts", "device", "ts"),
+        Index("ix_health_ts", "ts"),
+    )
+
+
+class DeviceHealth(Base):
+    """The newest health sample of each device, whole (the ingest keeps it current)."""
+
+    __tablename__ = "device_health"
+
+    device: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    msg_id: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[float] = mapped_column(Float)
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    received: Mapped[float] = mapped_column(Float)
+
+
+class HealthRollup(Base):
+    """Every health sample of a device, folded into its minute (unix seconds // 60)."""
+
+    __tablename__ = "health_rollups"
+
+    device: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    minute: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    samples: Mapped[int] = mapped_column(Integer)
+    cpu_sum: Mapped[float] = mapped_column(Float)
+    cpu_max: Mapped[float] = mapped_column(Float)
+    temp_max: Mapped[float | None] = mapped_column(Float)
+    fps_in_sum: Mapped[float] = mapped_column(Float)
+    fps_processed_sum: Mapped[float] = mapped_column(Float)
+    inference_ms_max: Mapped[float] = mapped_column(Float)
+    outbox_depth_max: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_health_rollups_minute", "minute"),)
 
 
 class EventRow(Base):
@@ -164,6 +198,7 @@ class EventRow(Base):
     __table_args__ = (
         Index("ix_events_ts", "ts"),
         Index("ix_events_device_ts", "device", "ts"),
+        Index("ix_events_kind_ts", "kind", "ts"),
     )
 
 
@@ -219,8 +254,8 @@ def alembic_config(url: str | None = None) -> Any:
 def upgrade_database(url: str, revision: str = "heads") -> None:
     """Bring the database at `url` to `revision`; raises sqlalchemy errors on failure.
 
-    The default is every head: each room (ingest, auth, rollouts) may carry its own branch of
-    migrations from a shared base, and all of them apply.
+    The default is every head: a room (ingest, auth, rollouts) may start its own branch of
+    migrations, and a merge revision joins the branches again.
     """
     from alembic import command
 

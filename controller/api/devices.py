@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from controller.api.models import DetectionOut, DeviceOut, EventOut, HealthOut, SummaryOut
 from controller.api.params import Db, Limit
-from controller.db import DetectionRow, Device, EventRow, HealthRow
+from controller.db import DetectionRow, Device, DeviceHealth, EventRow, HealthRow
 
 
 def devices_router() -> APIRouter:
@@ -40,13 +40,26 @@ def devices_router() -> APIRouter:
 
     @router.get("/api/health/{device_id}")
     def list_health(device_id: str, db: Db, limit: Limit = 20) -> list[HealthOut]:
+        """Newest first: the device's latest sample (kept whole for every message), then the
+        downsampled history (one sample per device per interval)."""
         query = (
             select(HealthRow)
             .where(HealthRow.device == device_id)
             .order_by(HealthRow.ts.desc())
             .limit(limit)
         )
-        return [HealthOut.model_validate(r) for r in db.scalars(query)]
+        history = [HealthOut.model_validate(r) for r in db.scalars(query)]
+        latest = db.get(DeviceHealth, device_id)
+        if latest is not None and (not history or latest.ts > history[0].ts):
+            newest = HealthOut(
+                id=None,
+                device=latest.device,
+                ts=latest.ts,
+                payload=latest.payload,
+                received=latest.received,
+            )
+            history = [newest, *history][:limit]
+        return history
 
     @router.get("/api/events")
     def list_events(
@@ -65,24 +78,10 @@ def devices_router() -> APIRouter:
         online = db.scalar(select(func.count()).select_from(Device).where(Device.online)) or 0
         detections = db.scalar(select(func.count()).select_from(DetectionRow)) or 0
         frames, fps = 0, 0.0
-        # one query for the newest health of every device (ix_health_device_ts), not one per
-        # device: this page is polled, and a fleet has thousands of devices
-        newest = (
-            select(HealthRow.device, func.max(HealthRow.ts).label("ts"))
-            .group_by(HealthRow.device)
-            .subquery()
-        )
-        latest_rows = db.scalars(
-            select(HealthRow).join(
-                newest, (HealthRow.device == newest.c.device) & (HealthRow.ts == newest.c.ts)
-            )
-        )
-        seen: set[str] = set()
-        for latest in latest_rows:
-            if latest.device in seen:
-                continue  # two samples with the same newest time: count the device once
-            seen.add(latest.device)
-            for camera in latest.payload.get("cameras", []):
+        # the newest health of every device is one row each (device_health): this page is
+        # polled, and a fleet has thousands of devices
+        for payload in db.scalars(select(DeviceHealth.payload)):
+            for camera in payload.get("cameras", []):
                 frames += int(camera.get("frames_processed", 0))
                 fps += float(camera.get("fps_processed", 0.0))
         last = db.scalar(select(DetectionRow).order_by(DetectionRow.ts.desc()).limit(1))

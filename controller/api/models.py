@@ -50,7 +50,10 @@ class DetectionOut(_Out):
 
 
 class HealthOut(_Out):
-    id: int
+    id: int | None = Field(
+        description="the history row's id; null for the latest sample when it is newer than "
+        "the history's newest (the history keeps one sample per device per interval)"
+    )
     device: str
     ts: float
     payload: dict[str, Any]

@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from controller.api.models import HealthzOut
 from controller.api.params import Db
+from controller.api.security import METRICS, PUBLIC
 from controller.bundles.chunks import ChunkServer
 from controller.db import Device
 from controller.mqtt.ingest import IngestStats
@@ -30,6 +31,21 @@ def _labelled(label: str, counts: dict[str, int]) -> dict[str, float]:
     return {f'{{{label}="{key}"}}': float(value) for key, value in counts.items()}
 
 
+def _latency_family(stats: dict[str, Any]) -> list[str]:
+    """Device send (its `ts`) to commit, as a Prometheus histogram."""
+    name = "edgefleet_ingest_latency_seconds"
+    buckets: dict[float, int] = stats.get("latency_buckets", {})
+    lines = [f"# HELP {name} Seconds from a message's device time to its commit.",
+             f"# TYPE {name} histogram"]  # fmt: skip
+    total = 0
+    for bound, count in buckets.items():
+        total += count
+        le = "+Inf" if bound == float("inf") else f"{bound:g}"
+        lines.append(f'{name}_bucket{{le="{le}"}} {total}')
+    lines += [f"{name}_sum {stats.get('latency_sum_s', 0.0):g}", f"{name}_count {total}"]
+    return lines
+
+
 def _metrics_text(stats: dict[str, Any], devices: dict[str, int], extra: list[str]) -> str:
     lines = [
         *_family("edgefleet_ingest_received_total", "counter",
@@ -45,6 +61,16 @@ def _metrics_text(stats: dict[str, Any], devices: dict[str, int], extra: list[st
                  "Failed commit attempts (each is retried).", {"": stats["commit_failures"]}),
         *_family("edgefleet_ingest_last_commit_ms", "gauge",
                  "Duration of the last batch commit.", {"": stats["last_commit_ms"]}),
+        *_family("edgefleet_ingest_queued", "gauge",
+                 "Messages received, waiting for the writer (backpressure).",
+                 {"": stats.get("queued", 0)}),
+        *_family("edgefleet_ingest_unacked", "gauge",
+                 "QoS 1 messages received and not yet acknowledged to the broker.",
+                 {"": stats.get("unacked", 0)}),
+        *_family("edgefleet_ingest_lag_seconds", "gauge",
+                 "Longest wait from receipt to commit in the last batch.",
+                 {"": stats.get("lag_s", 0.0)}),
+        *_latency_family(stats),
         *_family("edgefleet_devices_online", "gauge",
                  "Devices whose last state is online.", {"": devices["online"]}),
         *_family("edgefleet_devices", "gauge",
@@ -63,7 +89,8 @@ def monitoring_router(
     """`/healthz` and `/metrics` over the ingest's counters, the publisher and the chunk server."""
     router = APIRouter()
 
-    @router.get("/healthz")
+    # open: a probe holds no credentials, and the answer says nothing about devices
+    @router.get("/healthz", tags=[PUBLIC])
     def healthz(db: Db, response: Response) -> HealthzOut:
         try:
             db.execute(text("SELECT 1"))
@@ -77,7 +104,7 @@ def monitoring_router(
             status="ok" if database and mqtt else "degraded", database=database, mqtt=mqtt
         )
 
-    @router.get("/metrics", response_class=PlainTextResponse)
+    @router.get("/metrics", response_class=PlainTextResponse, tags=[METRICS])
     def metrics(db: Db) -> PlainTextResponse:
         total = db.scalar(select(func.count()).select_from(Device)) or 0
         online = db.scalar(select(func.count()).select_from(Device).where(Device.online)) or 0

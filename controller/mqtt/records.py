@@ -1,17 +1,32 @@
-"""Decoded agent messages turned into database rows, idempotent on message and detection ids."""
+"""Decoded agent messages turned into database rows, idempotent on message and detection ids.
+
+Health is kept three ways, so none of it is shed silently: the newest sample of each device
+whole (`device_health`), every sample folded into its device's minute (`health_rollups`), and
+one whole sample per device per `health_history_s` as history (`health`); the samples not kept
+as history are counted as `health_downsampled`.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, cast
 
-from sqlalchemy import Table, update
+from sqlalchemy import Table, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from controller.db import DetectionRow, Device, EventRow, HealthRow
+from controller.db import (
+    Deployment,
+    DetectionRow,
+    Device,
+    EventRow,
+    HealthRow,
+)
 from protocol.events import DeviceStatus, EventLevel
 from protocol.messages import Ack, AgentMessage, DetectionBatch, Event, Health, State
 from protocol.topics import Channel
@@ -20,6 +35,9 @@ _DEVICES = cast(Table, Device.__table__)
 _DETECTIONS = cast(Table, DetectionRow.__table__)
 _HEALTH = cast(Table, HealthRow.__table__)
 _EVENTS = cast(Table, EventRow.__table__)
+LAST_SEEN_RESOLUTION_S = 5.0
+"""`devices.last_seen` is rewritten at most this often per device: at 10,000 devices a write
+per message would be most of the ingest's work."""
 
 ACK_KIND = "ack"
 """The events table's kind for a stored Ack; not an EventKind, since acks arrive on their own
@@ -122,21 +140,281 @@ def _event_row(msg: Event | Ack, received: float) -> dict[str, Any]:
     return row
 
 
-def write_batch(session: Session, batch: Sequence[Accepted], now: float) -> Counter[str]:
+class HealthSampler:
+    """Decides which health samples are kept whole as history: the first to arrive of each
+    device in each interval (aligned to the epoch). The last few intervals are remembered, as
+    sessions deliver QoS 0 samples slightly out of order."""
+
+    REMEMBERED = 8
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._kept: dict[str, list[int]] = {}
+
+    def keep(self, device: str, ts: float) -> bool:
+        if self.interval_s <= 0:
+            return True
+        bucket = int(ts // self.interval_s)
+        kept = self._kept.setdefault(device, [])
+        if bucket in kept:
+            return False
+        kept.append(bucket)
+        if len(kept) > self.REMEMBERED:
+            kept.remove(min(kept))
+        return True
+
+    def forget(self, devices: Sequence[str]) -> None:
+        """After a failed commit: the samples chosen were not stored."""
+        for device in devices:
+            self._kept.pop(device, None)
+
+
+@dataclass
+class WriteState:
+    """What the writer remembers between batches (one per writer thread)."""
+
+    sampler: HealthSampler
+    last_seen: dict[str, float] = field(default_factory=dict)
+    known_devices: set[str] = field(default_factory=set)
+
+    def forget(self, devices: Sequence[str]) -> None:
+        """After a failed commit: nothing this batch remembered was stored."""
+        self.sampler.forget(devices)
+        for device in devices:
+            self.last_seen.pop(device, None)
+            self.known_devices.discard(device)
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
+def _insert_ignoring_duplicates(
+    session: Session, table: Table, rows: Sequence[dict[str, Any]], key: Sequence[str]
+) -> None:
+    """One executemany straight to the driver: most of the ingest's rows go through here, and
+    SQLAlchemy's per-row parameter processing cost more than the database's own work."""
+    columns = list(rows[0])
+    mark = "?" if session.get_bind().dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) "  # noqa: S608 - names from our models
+        f"VALUES ({', '.join([mark] * len(columns))}) "
+        f"ON CONFLICT ({', '.join(key)}) DO NOTHING"
+    )
+    session.connection().exec_driver_sql(
+        sql, [tuple(_plain(row[c]) for c in columns) for row in rows]
+    )
+
+
+def drop_misaddressed(session: Session, batch: Sequence[Accepted]) -> tuple[list[Accepted], int]:
+    """Events and acks that name a deployment command sent to another device are dropped.
+
+    Returns the messages to keep and how many were dropped. Raises SQLAlchemy errors.
+    """
+    cmd_ids = {
+        item.message.cmd_id
+        for item in batch
+        if isinstance(item.message, Event | Ack) and item.message.cmd_id
+    }
+    if not cmd_ids:
+        return list(batch), 0
+    rows = session.execute(
+        select(Deployment.cmd_id, Deployment.device).where(Deployment.cmd_id.in_(cmd_ids))
+    )
+    owners: dict[str, str] = {cmd_id: device for cmd_id, device in rows}
+    kept = []
+    for item in batch:
+        msg = item.message
+        if isinstance(msg, Event | Ack) and msg.cmd_id:
+            owner = owners.get(msg.cmd_id)
+            if owner is not None and owner != msg.device:
+                continue
+        kept.append(item)
+    return kept, len(batch) - len(kept)
+
+
+def _rollup_key(msg: Health) -> tuple[str, int]:
+    return msg.device, int(msg.ts // 60)
+
+
+def _rollup_row(msg: Health) -> dict[str, Any]:
+    temps = [*msg.temperatures_c.values(), *(a.temperature_c for a in msg.accelerators)]
+    known = [t for t in temps if t is not None]
+    device, minute = _rollup_key(msg)
+    return {
+        "device": device,
+        "minute": minute,
+        "samples": 1,
+        "cpu_sum": msg.cpu_percent or 0.0,
+        "cpu_max": msg.cpu_percent or 0.0,
+        "temp_max": max(known) if known else None,
+        "fps_in_sum": sum(c.fps_in for c in msg.cameras),
+        "fps_processed_sum": sum(c.fps_processed for c in msg.cameras),
+        "inference_ms_max": max((c.inference_ms for c in msg.cameras), default=0.0),
+        "outbox_depth_max": msg.outbox_depth,
+    }
+
+
+def _fold(into: dict[str, Any], row: dict[str, Any]) -> None:
+    for key in ("samples", "cpu_sum", "fps_in_sum", "fps_processed_sum"):
+        into[key] += row[key]
+    for key in ("cpu_max", "inference_ms_max", "outbox_depth_max"):
+        into[key] = max(into[key], row[key])
+    temps = [t for t in (into["temp_max"], row["temp_max"]) if t is not None]
+    into["temp_max"] = max(temps) if temps else None
+
+
+_ROLLUP_COLUMNS = (
+    "device",
+    "minute",
+    "samples",
+    "cpu_sum",
+    "cpu_max",
+    "temp_max",
+    "fps_in_sum",
+    "fps_processed_sum",
+    "inference_ms_max",
+    "outbox_depth_max",
+)
+
+
+@dataclass(frozen=True)
+class _HealthSql:
+    latest: str
+    rollup: str
+    history: str
+
+
+@functools.cache
+def _health_sql(dialect: str) -> _HealthSql:
+    """Health's upserts as driver SQL (SQLite and PostgreSQL share the ON CONFLICT form)."""
+    pg = dialect == "postgresql"
+    m = "%s" if pg else "?"
+    doc = f"CAST({m} AS JSON)" if pg else m
+    larger = "GREATEST" if pg else "MAX"  # SQLite's two-argument max() is scalar
+
+    def top(c: str) -> str:
+        # NULL only when both are: SQLite's max() is NULL when either is
+        return (
+            f"{c} = {larger}(COALESCE(health_rollups.{c}, excluded.{c}), "
+            f"COALESCE(excluded.{c}, health_rollups.{c}))"
+        )
+
+    summed = ("samples", "cpu_sum", "fps_in_sum", "fps_processed_sum")
+    topped = ("cpu_max", "temp_max", "inference_ms_max", "outbox_depth_max")
+    return _HealthSql(
+        latest=(
+            "INSERT INTO device_health (device, msg_id, ts, payload, received) "  # noqa: S608
+            f"VALUES ({m}, {m}, {m}, {doc}, {m}) ON CONFLICT (device) DO UPDATE SET "
+            "msg_id = excluded.msg_id, ts = excluded.ts, payload = excluded.payload, "
+            "received = excluded.received WHERE excluded.ts >= device_health.ts"
+        ),
+        rollup=(
+            f"INSERT INTO health_rollups ({', '.join(_ROLLUP_COLUMNS)}) "  # noqa: S608
+            f"VALUES ({', '.join([m] * len(_ROLLUP_COLUMNS))}) "
+            "ON CONFLICT (device, minute) DO UPDATE SET "
+            + ", ".join(f"{c} = health_rollups.{c} + excluded.{c}" for c in summed)
+            + ", "
+            + ", ".join(top(c) for c in topped)
+        ),
+        history=(
+            "INSERT INTO health (msg_id, device, ts, payload, received) "  # noqa: S608
+            f"VALUES ({m}, {m}, {m}, {doc}, {m}) ON CONFLICT (msg_id) DO NOTHING"
+        ),
+    )
+
+
+def _write_health(
+    session: Session, healths: Sequence[tuple[Health, float]], state: WriteState
+) -> int:
+    """Latest, rollups and sampled history; returns how many samples were not kept whole."""
+    latest: dict[str, dict[str, Any]] = {}
+    rollups: dict[tuple[str, int], dict[str, Any]] = {}
+    history: list[dict[str, Any]] = []
+    for msg, received in healths:
+        whole = {
+            "msg_id": msg.id,
+            "device": msg.device,
+            "ts": msg.ts,
+            "payload": msg.model_dump(mode="json"),
+            "received": received,
+        }
+        if msg.device not in latest or latest[msg.device]["ts"] <= msg.ts:
+            latest[msg.device] = whole
+        row = _rollup_row(msg)
+        key = _rollup_key(msg)
+        if key in rollups:
+            _fold(rollups[key], row)
+        else:
+            rollups[key] = row
+        if state.sampler.keep(msg.device, msg.ts):
+            history.append(whole)
+    sql = _health_sql(session.get_bind().dialect.name)
+    conn = session.connection()
+    conn.exec_driver_sql(
+        sql.latest,
+        [
+            (d, row["msg_id"], row["ts"], json.dumps(row["payload"]), row["received"])
+            for d, row in sorted(latest.items())
+        ],
+    )
+    conn.exec_driver_sql(
+        sql.rollup, [tuple(rollups[k][c] for c in _ROLLUP_COLUMNS) for k in sorted(rollups)]
+    )
+    if history:
+        conn.exec_driver_sql(
+            sql.history,
+            [
+                (r["msg_id"], r["device"], r["ts"], json.dumps(r["payload"]), r["received"])
+                for r in history
+            ],
+        )
+    return len(healths) - len(history)
+
+
+def _touch_devices(session: Session, devices: Sequence[str], now: float, state: WriteState) -> None:
+    """Refresh last_seen of the devices whose value is older than the resolution."""
+    stale = [d for d in devices if now - state.last_seen.get(d, 0.0) >= LAST_SEEN_RESOLUTION_S]
+    if not stale:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        # rows locked in one order, so replicas writing the same devices cannot deadlock
+        session.execute(
+            text(
+                "UPDATE devices SET last_seen = :now FROM (SELECT id FROM devices "
+                "WHERE id = ANY(:ids) ORDER BY id FOR UPDATE) AS locked "
+                "WHERE devices.id = locked.id"
+            ),
+            {"now": now, "ids": stale},
+        )
+    else:
+        session.execute(update(_DEVICES).where(_DEVICES.c.id.in_(stale)).values(last_seen=now))
+    for device in stale:
+        state.last_seen[device] = now
+
+
+def write_batch(
+    session: Session, batch: Sequence[Accepted], now: float, state: WriteState
+) -> Counter[str]:
     """Store decoded messages in the session's transaction, without committing.
 
-    Returns how many messages of each channel it handled. Raises SQLAlchemy errors.
+    Returns how many messages of each channel it handled, plus `health_downsampled` (health
+    samples folded into the latest and the rollups but not kept whole). Raises SQLAlchemy errors.
     """
     stored: Counter[str] = Counter()
     if not batch:
         return stored
     device_ids = sorted({a.device for a in batch})
-    session.execute(
-        idempotent_insert(session, _DEVICES).on_conflict_do_nothing(index_elements=["id"]),
-        [{"id": d, "first_seen": now, "last_seen": now} for d in device_ids],
-    )
+    # devices are never deleted, so one known to exist needs no insert
+    new_devices = [d for d in device_ids if d not in state.known_devices]
+    if new_devices:
+        session.execute(
+            idempotent_insert(session, _DEVICES).on_conflict_do_nothing(index_elements=["id"]),
+            [{"id": d, "first_seen": now, "last_seen": now} for d in new_devices],
+        )
+        state.known_devices.update(new_devices)
     detections: dict[str, dict[str, Any]] = {}
-    health: dict[str, dict[str, Any]] = {}
+    healths: list[tuple[Health, float]] = []
     events: dict[str, dict[str, Any]] = {}
     for item in batch:
         msg = item.message
@@ -151,22 +429,20 @@ def write_batch(session: Session, batch: Sequence[Accepted], now: float) -> Coun
         elif isinstance(msg, DetectionBatch):
             detections.update((row["id"], row) for row in _detection_rows(msg, item.received))
         elif isinstance(msg, Health):
-            health[msg.id] = {
-                "msg_id": msg.id,
-                "device": msg.device,
-                "ts": msg.ts,
-                "payload": msg.model_dump(mode="json"),
-                "received": item.received,
-            }
+            healths.append((msg, item.received))
         elif isinstance(msg, Event | Ack):
             events[msg.id] = _event_row(msg, item.received)
-    for table, rows, key in (
-        (_DETECTIONS, detections, "id"),
-        (_HEALTH, health, "msg_id"),
-        (_EVENTS, events, "id"),
-    ):
-        if rows:
-            stmt = idempotent_insert(session, table).on_conflict_do_nothing(index_elements=[key])
-            session.execute(stmt, list(rows.values()))
-    session.execute(update(_DEVICES).where(_DEVICES.c.id.in_(device_ids)).values(last_seen=now))
+    if detections:
+        # on PostgreSQL detections are partitioned by ts, so their unique key holds ts too
+        key = ["id", "ts"] if session.get_bind().dialect.name == "postgresql" else ["id"]
+        _insert_ignoring_duplicates(
+            session, _DETECTIONS, [detections[k] for k in sorted(detections)], key
+        )
+    if events:
+        _insert_ignoring_duplicates(session, _EVENTS, list(events.values()), ["id"])
+    if healths:
+        downsampled = _write_health(session, healths, state)
+        if downsampled:
+            stored["health_downsampled"] += downsampled
+    _touch_devices(session, device_ids, now, state)
     return stored

@@ -27,6 +27,13 @@ def mqtt_client(
     )
     if settings.username:
         client.username_pw_set(settings.username, settings.password)
+    if settings.ca_file is not None:
+        # the broker's certificate is checked against the fleet CA; ours proves who we are
+        client.tls_set(
+            ca_certs=str(settings.ca_file),
+            certfile=str(settings.cert_file) if settings.cert_file else None,
+            keyfile=str(settings.key_file) if settings.key_file else None,
+        )
     client.reconnect_delay_set(min_delay=1, max_delay=10)
     return client
 
