@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from controller.db import Base, make_engine
+from controller.rollouts import models as _rollout_models  # noqa: F401  (registers its tables)
 
 target_metadata = Base.metadata
 
