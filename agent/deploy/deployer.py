@@ -5,11 +5,17 @@ reported as an event with the bundle digest, so a deployment is never a black bo
 flight are written beside their chunks (`agent.deploy.pending`) and resumed after a restart; a
 download that stops making progress is asked for again with backoff, then given up as
 `stalled`. Install, probation and revert are the injected `Installer`'s job.
+
+An offer is refused before a byte is fetched or stored when it does not add up, announces more
+than the largest bundle setting or the free disk, or names a URL outside the controller's
+origin. When the offer lists each chunk's sha256, a chunk that does not match is dropped alone
+and asked for again, so forged frames on the bundle topic cannot fail the deployment.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,13 +26,26 @@ from agent.deploy.http_download import DownloadUpdate, HttpDownloads
 from agent.deploy.installer import Installer
 from agent.deploy.pending import PendingOffer, drop_pending, load_pending, save_pending
 from agent.link.events import DeploymentRef, EventReporter
+from agent.link.origin import ControllerOrigin, ForeignOrigin
 from ota.install import InstalledBundle, SlotStore, StoreCorrupt
-from ota.transfer import ChunkAssembler, Offer, TransferError
+from ota.transfer import BadChunk, ChunkAssembler, Offer, TransferError
 from protocol.codec import Chunk
 from protocol.events import EventKind, EventLevel, RefusalReason, TransferReason
 from protocol.messages import BundleOffer, ChunkRange, Deploy
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BUNDLE_BYTES = 2 << 30
+# a dropped chunk is asked for again at most this often per transfer, so a flood of forged
+# chunks cannot turn the device into a flood of chunk requests
+REREQUEST_INTERVAL_S = 0.5
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the file system that holds `path` (or its nearest existing parent)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 @dataclass
@@ -39,6 +58,8 @@ class _Transfer:
     last_progress: float = field(default_factory=time.monotonic)
     requests: int = 0
     reported_tenths: int = -1
+    dropped: set[int] = field(default_factory=set)
+    last_rerequest: float = 0.0
 
     @property
     def ref(self) -> DeploymentRef:
@@ -60,6 +81,9 @@ class DeviceDeployer:
         request_timeout: float = 5.0,
         max_requests: int = 8,
         fault: FaultPoint = no_fault,
+        origin: ControllerOrigin | None = None,
+        max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
+        disk_free: Callable[[Path], int] = free_bytes,
     ) -> None:
         self.store = store
         self.installer = installer
@@ -71,18 +95,29 @@ class DeviceDeployer:
         self.max_requests = max_requests
         self._fault = fault
         self._transfers: dict[str, _Transfer] = {}
-        self.http = HttpDownloads(downloads)
+        self.origin = origin or ControllerOrigin(fallback_host="127.0.0.1")
+        self.max_bundle_bytes = max_bundle_bytes
+        self._disk_free = disk_free
+        self.http = HttpDownloads(downloads, origin=self.origin)
+        self.chunks_dropped = 0
+        self.offers_refused = 0
 
     def on_deploy(self, command: Deploy) -> None:
+        self._fault("offer")
         offer = command.bundle
         ref = DeploymentRef(offer.digest, command.id)
         current = self._current()
         if current is not None and current.digest == offer.digest:
             trial = self.installer.probation
             if trial is not None and trial.installed.digest == offer.digest:
+                # this deployment ends with the trial: running, or failed and rolled back
+                trial.follow(ref)
                 self._events.report(EventKind.PROBATION, ref, message="on trial")
             else:
                 self._events.report(EventKind.RUNNING, ref, message="already running")
+            return
+        fresh = offer.digest not in self._transfers and not self.http.active(offer.digest)
+        if fresh and not self._offer_acceptable(offer, ref):
             return
         if (offer.url or self.http.active(offer.digest)) and offer.digest not in self._transfers:
             self._deploy_over_http(command)
@@ -94,7 +129,9 @@ class DeviceDeployer:
         try:
             assembler = ChunkAssembler(
                 self.downloads,
-                Offer(offer.digest, offer.size, offer.chunk_size, offer.chunks),
+                Offer(
+                    offer.digest, offer.size, offer.chunk_size, offer.chunks, offer.chunk_digests
+                ),
             )
         except TransferError as exc:
             self._events.report(
@@ -113,6 +150,7 @@ class DeviceDeployer:
             cmd_id=command.id,
             name=offer.name,
             version=offer.version,
+            chunk_digests=offer.chunk_digests,
         )
         save_pending(self.downloads, pending)
         self._events.report(
@@ -137,7 +175,13 @@ class DeviceDeployer:
             try:
                 assembler = ChunkAssembler(
                     self.downloads,
-                    Offer(pending.digest, pending.size, pending.chunk_size, pending.chunks),
+                    Offer(
+                        pending.digest,
+                        pending.size,
+                        pending.chunk_size,
+                        pending.chunks,
+                        pending.chunk_digests,
+                    ),
                 )
             except TransferError:
                 drop_pending(self.downloads, pending.digest)
@@ -166,6 +210,14 @@ class DeviceDeployer:
             return  # another device's rollout wave, or a transfer we already finished
         try:
             added = transfer.assembler.add(chunk.index, chunk.total, chunk.data)
+        except BadChunk as exc:
+            # forged or damaged: dropped alone, and asked for again from the controller
+            self.chunks_dropped += 1
+            if not transfer.dropped:  # once per batch: a flood must not flood the log too
+                log.warning("event=chunk_dropped bundle=%s error=%r", digest[:12], str(exc))
+            transfer.dropped.add(chunk.index)
+            self._rerequest_dropped(transfer)
+            return
         except TransferError as exc:
             log.warning("event=chunk_refused bundle=%s error=%r", digest[:12], str(exc))
             return
@@ -194,6 +246,7 @@ class DeviceDeployer:
         self.installer.tick()
         now = time.monotonic()
         for digest, transfer in list(self._transfers.items()):
+            self._rerequest_dropped(transfer)
             waited = now - transfer.last_progress
             if waited < self.request_timeout * min(8, 2 ** max(0, transfer.requests - 1)):
                 continue
@@ -212,6 +265,57 @@ class DeviceDeployer:
             )
             self._request_missing(digest)
 
+    def _offer_acceptable(self, offer: BundleOffer, ref: DeploymentRef) -> bool:
+        """Refuse, before a byte is fetched or stored, an offer this device must not take."""
+        problem: tuple[TransferReason, str] | None = None
+        try:
+            Offer(offer.digest, offer.size, offer.chunk_size, offer.chunks, offer.chunk_digests)
+        except TransferError as exc:
+            problem = (TransferReason.BAD_OFFER, str(exc))
+        if problem is None and offer.size > self.max_bundle_bytes:
+            problem = (
+                TransferReason.OFFER_TOO_LARGE,
+                f"{offer.size} bytes offered, this device takes at most {self.max_bundle_bytes}",
+            )
+        if problem is None and offer.url is not None:
+            try:
+                self.origin.check(offer.url)
+            except ForeignOrigin as exc:
+                problem = (TransferReason.FOREIGN_ORIGIN, f"bundle URL refused: {exc}")
+        if problem is None:
+            free = self._disk_free(self.downloads)
+            if offer.size > free:
+                problem = (
+                    TransferReason.NO_DISK_SPACE,
+                    f"{offer.size} bytes offered, {free} bytes free",
+                )
+        if problem is None:
+            return True
+        self.offers_refused += 1
+        reason, message = problem
+        log.warning("event=offer_refused bundle=%s reason=%s", offer.digest[:12], reason)
+        self._events.report(
+            EventKind.FAILED, ref, reason=reason, level=EventLevel.ERROR, message=message
+        )
+        return False
+
+    def _rerequest_dropped(self, transfer: _Transfer) -> None:
+        """Ask again for dropped chunks still missing, at most once per interval."""
+        now = time.monotonic()
+        if not transfer.dropped or now - transfer.last_rerequest < REREQUEST_INTERVAL_S:
+            return
+        wanted = sorted(i for i in transfer.dropped if not transfer.assembler.has(i))
+        transfer.dropped.clear()
+        if not wanted:
+            return
+        transfer.last_rerequest = now
+        self._events.report(
+            EventKind.CHUNK_REQUEST,
+            transfer.ref,
+            missing=tuple(ChunkRange(start=i, end=i) for i in wanted[:256]),
+            message=f"{len(wanted)} dropped chunks",
+        )
+
     def _give_up(self, digest: str, waited: float) -> None:
         transfer = self._transfers.pop(digest)
         self._unsubscribe(digest)
@@ -228,9 +332,10 @@ class DeviceDeployer:
 
     def _deploy_over_http(self, command: Deploy) -> None:
         offer = command.bundle
-        if not self.http.start(offer, command.id):
-            return  # already downloading; its updates now carry this command's id
-        # remembered, so a restart takes the download up again from its .part file
+        if self.http.active(offer.digest):
+            self.http.start(offer, command.id)  # its updates now carry this command's id
+            return
+        # remembered before anything starts, so a restart takes the download up again
         save_pending(
             self.downloads,
             PendingOffer(
@@ -244,6 +349,7 @@ class DeviceDeployer:
                 url=offer.url,
             ),
         )
+        self.http.start(offer, command.id)
         self._events.report(
             EventKind.DEPLOY_OFFERED,
             DeploymentRef(offer.digest, command.id),
@@ -260,7 +366,15 @@ class DeviceDeployer:
             chunks=pending.chunks,
             url=pending.url,
         )
-        if self.http.start(offer, pending.cmd_id):
+        try:
+            started = self.http.start(offer, pending.cmd_id)
+        except ValueError as exc:  # the origin setting changed since: not resumed
+            log.warning(
+                "event=download_not_resumed bundle=%s error=%r", pending.digest[:12], str(exc)
+            )
+            drop_pending(self.downloads, pending.digest)
+            return
+        if started:
             self._events.report(
                 EventKind.DOWNLOADING,
                 DeploymentRef(pending.digest, pending.cmd_id),

@@ -1,9 +1,10 @@
 """Fault injection for crash tests: the agent SIGKILLs itself at a named point of an install.
 
 `EDGEFLEET_AGENT_FAULT=stage[:count]` kills the process the `count`-th time (default 1) it
-passes `stage`: `download` (a chunk stored), `unpack` (a file of the bundle written into its
-slot), `switch` (slot complete, pointer not yet moved), `probation` (pointer moved and model
-loaded, before commit). Unset, the fault point is a function that does nothing.
+passes `stage`: `offer` (a deploy arrived, its offer not yet saved), `download` (a chunk
+stored), `unpack` (a file of the bundle written into its slot), `switch` (slot complete,
+pointer not yet moved), `probation` (pointer moved and model loaded, before commit). Unset, the
+fault point is a function that does nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable, Mapping
 log = logging.getLogger(__name__)
 
 ENV_VAR = "EDGEFLEET_AGENT_FAULT"
-STAGES = ("download", "unpack", "switch", "probation")
+STAGES = ("offer", "download", "unpack", "switch", "probation")
 
 FaultPoint = Callable[[str], None]
 

@@ -148,8 +148,11 @@ class Installer:
             self.probation = None
             # a failed verdict always names its reason; the fallback only satisfies the type
             reason = judgement.reason or InstallReason.NOT_ACTIVE
-            self._failed(trial.ref, reason, judgement.detail)
+            for ref in trial.refs:
+                self._failed(ref, reason, judgement.detail)
             self._revert(trial.ref, reason)
+            for ref in trial.followers:
+                self._events.report(EventKind.ROLLED_BACK, ref, reason=reason)
 
     def restore(self) -> None:
         """Start on what the store says: committed, still on probation (one more attempt), or
@@ -188,13 +191,14 @@ class Installer:
 
     def _end_trial(self, trial: Probation, message: str) -> None:
         self.probation = None
-        self._events.report(
-            EventKind.FAILED,
-            trial.ref,
-            reason=InstallReason.SUPERSEDED,
-            level=EventLevel.WARNING,
-            message=message,
-        )
+        for ref in trial.refs:
+            self._events.report(
+                EventKind.FAILED,
+                ref,
+                reason=InstallReason.SUPERSEDED,
+                level=EventLevel.WARNING,
+                message=message,
+            )
 
     def _commit(self, trial: Probation, detail: str) -> None:
         self.probation = None
@@ -205,9 +209,10 @@ class Installer:
                 EventKind.ERROR, trial.ref, reason=InstallReason.COMMIT_FAILED, message=str(exc)
             )
             return
-        self._events.report(
-            EventKind.RUNNING, trial.ref, message=f"{_label(trial.installed)}: {detail}"
-        )
+        for ref in trial.refs:
+            self._events.report(
+                EventKind.RUNNING, ref, message=f"{_label(trial.installed)}: {detail}"
+            )
 
     def _revert(self, ref: DeploymentRef, reason: Reason, *, forget: bool = False) -> bool:
         """Back to the other slot; `forget` clears the pointer when there is none, so a bundle

@@ -161,3 +161,27 @@ def test_a_bundle_that_crashes_every_probation_is_reverted_after_the_max_attempt
         "controller shows the old bundle", lambda: fleet.device().get("active_digest") == old.digest
     )
     _on_committed(fleet, old.digest)
+
+
+def test_killed_as_a_deploy_arrives_the_broker_delivers_it_again_and_it_completes(
+    kill_fleet, build_blazeface
+):
+    """Killed before the offer is on disk: the command was not acknowledged to the broker, so
+    the persistent session delivers it again and the deployment reaches `running`."""
+    fleet = kill_fleet
+    old = fleet.preinstall(build_blazeface(version=1).path)
+    _start_on(fleet, old.digest, fault="offer")
+    new = build_blazeface(version=2)
+    fleet.deploy(new.path)
+    fleet.wait_killed()
+    assert not list((fleet.agent_dir / "downloads").glob("*.offer.json"))
+
+    since, detections = len(fleet.observer.seen.events), fleet.observer.seen.detections
+    fleet.start_agent()
+    _ends_running(fleet, new.digest, since, detections)
+
+    def deployment_status() -> str:
+        found = fleet.http.get("/api/deployments").json()
+        return next((d["status"] for d in found if d["bundle"] == new.digest), "")
+
+    wait_until("the deployment is running", lambda: deployment_status() == "running")
