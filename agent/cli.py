@@ -43,20 +43,34 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from agent.selection import choose_profile, describe_preference, probe_runtimes
+    from agent.selection import RuntimeHosts, choose_device, describe_preference, probe_runtimes
 
-    profile, order = choose_profile(args.profile)
-    probes = probe_runtimes()
+    device = choose_device(args.profile)
+    profile, order = device.profile, device.preferences
+    workers = dict(device.workers)
+    if args.config is not None:
+        local = AgentSettings.load(args.config).runtime_workers
+        workers.update((str(key), worker) for key, worker in local.items())
+    hosts = RuntimeHosts.from_profile(workers)
+    probes = probe_runtimes(hosts)
+    pythons = {key: launch.python for key, launch in hosts.launches.items()}
     if args.json:
         runtimes = [
             {"runtime": p.key, "available": p.available, "reason": p.reason} for p in probes
         ]
         preference = [describe_preference(p) for p in order]
-        report = {"profile": profile, "preference": preference, "runtimes": runtimes}
+        report = {
+            "profile": profile,
+            "preference": preference,
+            "workers": pythons,
+            "runtimes": runtimes,
+        }
         print(json.dumps(report, indent=2))
     else:
         print(f"profile    {profile}")
         print(f"preference {' > '.join(describe_preference(p) for p in order)}")
+        for key, python in pythons.items():
+            print(f"worker     {key} under {python}")
         for p in probes:
             print(f"{p.key:10} {'yes' if p.available else 'no ':3}  {p.reason}")
     return 0
@@ -131,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe = sub.add_parser("probe", help="which runtimes load on this device, and why not")
     probe.add_argument("--json", action="store_true")
     probe.add_argument("--profile", help="force a device profile instead of detecting it")
+    probe.add_argument("--config", type=Path, help="settings YAML whose runtime_workers to use")
     probe.set_defaults(func=cmd_probe)
     bundle = sub.add_parser("bundle", help="verify or install a bundle file (offline devices)")
     bsub = bundle.add_subparsers(dest="bundle_command", required=True)

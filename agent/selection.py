@@ -3,21 +3,28 @@
 The runtime choice is the device's preference order ∩ runtimes that really load here ∩
 variants the bundle carries; every runtime passed over is reported with the reason. Choosing
 is pure: probing happens once at start, loading is `agent.deploy.loader`'s job.
+
+Probes run in short-lived processes (vendor libraries a probe imports do not stay in the agent),
+and a runtime the device profile puts in a worker is probed under the worker's interpreter;
+`RuntimeHosts` hands the loader the worker proxy class for those runtimes.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from agent.deploy.loader import ModelLoadFailed, RuntimeChoice
-from agent.runtimes.base import RuntimeProbe, probe_runtime
+from agent.runtimes.base import Runtime, RuntimeProbe
+from agent.runtimes.probing import probe_in_subprocess
+from agent.runtimes.worker.launch import WorkerEvents, WorkerLaunch, probe_in_worker
 from device_profiles.errors import ProfileError
 from device_profiles.probe import detect as detect_profile
-from device_profiles.probe import effective_runtimes
-from device_profiles.schema import RuntimePreference
+from device_profiles.probe import effective_runtimes, effective_workers
+from device_profiles.schema import RuntimePreference, RuntimeWorker
 from ota.manifest import Manifest, Variant
 from protocol.events import InstallReason, RuntimeKey
 
@@ -45,16 +52,75 @@ BUILDS_PRECISION = frozenset({RuntimeKey.TENSORRT})
 CALIBRATION_SUFFIXES = (".calib", ".cache")
 
 
-def probe_runtimes() -> list[RuntimeProbe]:
-    """Whether each runtime loads here, and why (not); a probe never raises."""
-    return [probe_runtime(key) for key in PROBED_RUNTIMES]
+class RuntimeHosts:
+    """Which runtimes run in a worker process on this device, and the Runtime class for each."""
+
+    def __init__(
+        self, launches: Mapping[str, WorkerLaunch], events: WorkerEvents | None = None
+    ) -> None:
+        self.launches = dict(launches)
+        self._events = events
+        self._classes: dict[str, type[Runtime]] = {}
+
+    @classmethod
+    def from_profile(
+        cls, workers: Mapping[str, RuntimeWorker], events: WorkerEvents | None = None
+    ) -> RuntimeHosts:
+        """Workers as a profile describes them; one whose interpreter this device lacks is left
+        out (logged), and its runtime is probed and run in-process instead."""
+        launches = {}
+        for key, spec in workers.items():
+            if not Path(spec.python).is_file():
+                log.warning(
+                    "event=worker_python_missing runtime=%s python=%s fallback=in-process",
+                    key,
+                    spec.python,
+                )
+                continue
+            launches[str(key)] = WorkerLaunch(
+                python=spec.python, python_path=tuple(spec.python_path), env=dict(spec.env)
+            )
+        return cls(launches, events)
+
+    def runtime_class(self, key: str) -> type[Runtime] | None:
+        """The worker proxy class for `key`, or None when it runs in-process."""
+        launch = self.launches.get(key)
+        if launch is None:
+            return None
+        if key not in self._classes:
+            # numpy comes with the proxy: imported only when a model is loaded
+            from agent.runtimes.worker.proxy import worker_runtime_class
+
+            self._classes[key] = worker_runtime_class(key, launch, self._events)
+        return self._classes[key]
 
 
-def choose_profile(forced: str | None) -> tuple[str, tuple[str | RuntimePreference, ...]]:
-    """The device profile and its runtime preferences (runtime, precision, device), best first.
+def probe_runtimes(hosts: RuntimeHosts | None = None) -> list[RuntimeProbe]:
+    """Whether each runtime loads here, and why (not), probed in short-lived processes: the
+    in-process runtimes in one child of this interpreter, each worker runtime under its own
+    interpreter. A probe never raises."""
+    launches = hosts.launches if hosts is not None else {}
+    local = [key for key in PROBED_RUNTIMES if key not in launches]
+    found = {p.key: p for p in probe_in_subprocess([str(k) for k in local])}
+    for key, launch in launches.items():
+        found[key] = probe_in_worker(key, launch)
+    return [found[str(key)] for key in PROBED_RUNTIMES if str(key) in found]
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """The device profile, its runtime preferences best first, and its runtime workers."""
+
+    profile: str
+    preferences: tuple[str | RuntimePreference, ...]
+    workers: Mapping[str, RuntimeWorker] = field(default_factory=dict)
+
+
+def choose_device(forced: str | None) -> DeviceChoice:
+    """The device profile, its runtime preferences (runtime, precision, device) and workers.
 
     Raises ProfileError when a `forced` profile does not exist; an undetected one falls back to
-    `DEFAULT_PREFERENCES`."""
+    `DEFAULT_PREFERENCES` with every runtime in-process."""
     try:
         detection = detect_profile(forced=forced)
     except ProfileError as exc:
@@ -63,15 +129,25 @@ def choose_profile(forced: str | None) -> tuple[str, tuple[str | RuntimePreferen
         log.warning(
             "event=no_profile reason=%r fallback=%s", str(exc), ",".join(DEFAULT_PREFERENCES)
         )
-        return "unknown", DEFAULT_PREFERENCES
+        return DeviceChoice("unknown", DEFAULT_PREFERENCES)
     order = tuple(effective_runtimes(detection))
+    workers = effective_workers(detection)
     log.info(
-        "event=profile_detected profile=%s accelerators=%s runtimes=%s",
+        "event=profile_detected profile=%s accelerators=%s runtimes=%s workers=%s",
         detection.profile.name,
         ",".join(a.name for a in detection.accelerators_found) or "-",
         ",".join(describe_preference(p) for p in order),
+        ",".join(f"{k}:{w.python}" for k, w in workers.items()) or "-",
     )
-    return detection.profile.name, order
+    return DeviceChoice(detection.profile.name, order, workers)
+
+
+def choose_profile(forced: str | None) -> tuple[str, tuple[str | RuntimePreference, ...]]:
+    """The device profile and its runtime preferences, best first (see `choose_device`).
+
+    Raises ProfileError when a `forced` profile does not exist."""
+    device = choose_device(forced)
+    return device.profile, device.preferences
 
 
 def describe_preference(preference: str | RuntimePreference) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from device_profiles.errors import NoProfileMatchedError, UnknownProfileError
 from device_profiles.loader import load_profiles
-from device_profiles.schema import Accelerator, DeviceProfile, RuntimePreference
+from device_profiles.schema import Accelerator, DeviceProfile, RuntimePreference, RuntimeWorker
 
 DEVICE_TREE_MODEL_PATHS = ("proc/device-tree/model", "sys/firmware/devicetree/base/model")
 USB_DEVICES_DIR = "sys/bus/usb/devices"
@@ -250,6 +250,16 @@ def effective_runtimes(detection: ProfileMatch) -> list[RuntimePreference]:
     for addon in detection.accelerator_profiles:
         add(p for p in addon.runtimes if p.device == CPU_DEVICE)
     return ordered
+
+
+def effective_workers(detection: ProfileMatch) -> dict[str, RuntimeWorker]:
+    """Runtimes that run in a worker process, and how: the host profile's, then those of the
+    add-on accelerators found (an NCS2's OpenVINO environment) for runtimes the host leaves."""
+    workers = {str(key): worker for key, worker in detection.profile.workers.items()}
+    for addon in detection.accelerator_profiles:
+        for key, worker in addon.workers.items():
+            workers.setdefault(str(key), worker)
+    return workers
 
 
 def detect(

@@ -64,6 +64,27 @@ class Accelerator(ProfileModel):
     device_node: RelativePath | None = None
 
 
+AbsolutePath = Annotated[str, Field(min_length=2, pattern=r"^/")]
+
+
+class RuntimeWorker(ProfileModel):
+    """How a runtime runs in a worker process under the device's own Python (JetPack 4.6's
+    3.6 with its system TensorRT, Mendel's 3.7 with Coral's pycoral, an OpenVINO 2022.3
+    environment), when the vendor package does not exist for the agent's interpreter."""
+
+    python: AbsolutePath = Field(description="the interpreter that runs the worker")
+    python_path: list[AbsolutePath] = Field(
+        default_factory=list, description="folders put before the worker's import path"
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="environment for the worker (e.g. LD_LIBRARY_PATH)"
+    )
+    python_version: str = Field(
+        pattern=r"^3\.\d+$", description="the interpreter's version as the device ships it"
+    )
+    note: str | None = None
+
+
 class RuntimePreference(ProfileModel):
     runtime: RuntimeKey
     precision: Literal["fp32", "fp16", "int8"]
@@ -110,6 +131,10 @@ class DeviceProfile(ProfileModel):
     runtimes: list[RuntimePreference] = Field(min_length=1)
     camera: Camera
     health: list[HealthSource] = Field(default_factory=list)
+    workers: dict[RuntimeKey, RuntimeWorker] = Field(
+        default_factory=dict,
+        description="runtimes that run in a worker process under another interpreter",
+    )
     notes: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")

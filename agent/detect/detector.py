@@ -69,7 +69,8 @@ class Detector:
         self._output_quantization = [o.quantization for o in runtime.output_details()]
         self._decoder: Decoder = build_decoder(input_spec, postprocess_spec)
         # from the spec, not the model: a model with free dimensions reports them as -1
-        self._input = np.empty(input_shape(input_spec), dtype=details.dtype)
+        # the runtime's own buffer: a worker's lies in shared memory, so the frame is not copied
+        self._input = runtime.input_buffer(input_shape(input_spec), details.dtype)
         self._preprocess = Preprocessor(input_spec, quantization=self._quantization)
         self.last_times = StageTimes()
 

@@ -8,11 +8,12 @@ stay tracked and ones that vanish without motion (a light switched off) end.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import cv2
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # OpenCV and numpy load with the first camera, not with the settings
+    import numpy as np
 
 
 class MotionSettings(BaseModel):
@@ -44,6 +45,8 @@ class MotionGate:
         self._inferred_at = 0.0
 
     def _small_grey(self, frame_bgr: np.ndarray) -> np.ndarray:
+        import cv2
+
         h, w = frame_bgr.shape[:2]
         width = min(self.settings.width, w)
         height = max(1, round(h * width / w))
@@ -56,6 +59,9 @@ class MotionGate:
         """True when the frame should be inferred (motion, first frame, or idle too long)."""
         if not self.settings.enabled:
             return True
+        import cv2
+        import numpy as np
+
         grey = self._small_grey(frame_bgr)
         ref = self._reference
         if (

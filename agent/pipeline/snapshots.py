@@ -17,12 +17,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.pipeline.tracker import Track
+
+if TYPE_CHECKING:  # frames are numpy arrays, but numpy loads with the first camera
+    import numpy as np
 
 
 class SnapshotSettings(BaseModel):
@@ -80,7 +82,7 @@ class SnapshotKeeper:
             if old is not None and old.ended_at is None and score <= old.score:
                 return False
         # the copy runs outside the lock; only this camera's inference thread offers for it
-        entry = KeptFrame(camera, track_id, score, ts, np.array(frame, copy=True))
+        entry = KeptFrame(camera, track_id, score, ts, frame.copy())
         with self._lock:
             kept = self._cameras.setdefault(camera, {})
             kept.pop(track_id, None)

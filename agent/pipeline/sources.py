@@ -9,12 +9,13 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Literal
-
-import cv2
-import numpy as np
+from typing import TYPE_CHECKING, Literal
 
 from agent.pipeline.settings import CameraSettings
+
+if TYPE_CHECKING:  # OpenCV and numpy load with the first camera, not with the agent
+    import cv2
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,8 @@ def resolve_cameras(cameras: list[CameraSettings], profile: str) -> list[CameraS
 
 def open_capture(camera: CameraSettings | str) -> cv2.VideoCapture:
     """Open one source with the backend and timeouts its kind needs; raises CameraSourceError."""
+    import cv2
+
     if isinstance(camera, str):
         camera = CameraSettings(source=camera)
     source = camera.source.strip()
@@ -265,6 +268,8 @@ class FrameGrabber:
 
     def _read_until_failure(self, cap: cv2.VideoCapture) -> str:
         """Read frames until the source ends, fails or freezes; returns why it stopped."""
+        import cv2
+
         period = self._period(cap)
         next_due = time.monotonic()
         while not self._stop.is_set():
@@ -292,6 +297,8 @@ class FrameGrabber:
         return "stopped"
 
     def _period(self, cap: cv2.VideoCapture) -> float:
+        import cv2
+
         if not self.camera.realtime or source_kind(self.camera.source) != "file":
             return 0.0  # live sources pace themselves
         fps = self.camera.fps or cap.get(cv2.CAP_PROP_FPS) or 10.0

@@ -16,9 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.pipeline.filters import DetectionFilter
 from agent.pipeline.motion import MotionGate
@@ -26,6 +24,9 @@ from agent.pipeline.settings import CameraSettings
 from agent.pipeline.snapshots import SnapshotKeeper
 from agent.pipeline.sources import CameraCounters, FrameGrabber
 from agent.pipeline.tracker import IouTracker, Observation, TrackEvent
+
+if TYPE_CHECKING:  # frames are numpy arrays, but numpy loads with the first camera
+    import numpy as np
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, TypeVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from protocol.events import RuntimeKey
+
+if TYPE_CHECKING:  # numpy is imported only once a model is loaded, to keep an idle agent small
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +162,13 @@ class Runtime(abc.ABC):
                 f"{expected.shape} {expected.dtype}"
             )
         return expected
+
+    def input_buffer(self, shape: Sequence[int], dtype: np.dtype[Any]) -> np.ndarray:
+        """A buffer to preprocess a frame into and hand to `infer`; a runtime whose input lives
+        elsewhere (a worker's shared memory) returns a view of it, so the frame is not copied."""
+        import numpy as np
+
+        return np.empty(tuple(shape), dtype=dtype)
 
     @abc.abstractmethod
     def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
