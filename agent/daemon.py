@@ -13,7 +13,7 @@ from types import FrameType
 from typing import Any
 
 from agent import __version__
-from agent.commands import CommandHandler
+from agent.commands import CommandGuard, CommandHandler, SeenCommands
 from agent.config_overlay import (
     ConfigRejected,
     apply_overlay,
@@ -28,27 +28,33 @@ from agent.deploy.installer import Installer
 from agent.deploy.loader import load_model
 from agent.deploy.probation import CountingDetector, ModelHealth
 from agent.deploy.trust_update import apply_trust_update
+from agent.health.bundle_stats import BundleStatsWindow, with_bundle_stats
 from agent.health.message import LinkBacklog, health_message
 from agent.health.sources import DeviceHealth, profile_health_sources, with_device_health
 from agent.health.system import SystemHealth, Uptime
 from agent.link.events import EventReporter
+from agent.link.identity import DeviceIdentity, RenewalTimer
+from agent.link.origin import ControllerOrigin
 from agent.link.outbox import Outbox, OutboxPump
-from agent.link.session import AgentSession
+from agent.link.session import AgentSession, BrokerSettings
 from agent.link.snapshots import SnapshotDelivery
 from agent.link.telemetry import DetectionBatcher
 from agent.pipeline.snapshots import SnapshotKeeper
 from agent.pipeline.sources import resolve_cameras
 from agent.pipeline.workers import ActiveModel, Pipeline
 from agent.runtimes.base import RuntimeProbe
-from agent.selection import choose_profile, choose_runtime, probe_runtimes
+from agent.runtimes.worker.launch import WorkerEvent, WorkerEventKind
+from agent.selection import RuntimeHosts, choose_device, choose_runtime, probe_runtimes
 from agent.settings import AgentSettings
 from agent.systemd import Notifier
-from ota.install import InstalledBundle, SlotStore
+from ota.install import InstalledBundle, SlotStore, StoreCorrupt
+from ota.trust_file import load_trust_store
 from protocol.codec import encode
-from protocol.events import DeviceStatus
+from protocol.events import DeviceStatus, EventKind, EventLevel, InstallReason
 from protocol.messages import (
     Ack,
     ActiveBundle,
+    BundleStats,
     Deploy,
     Event,
     RuntimeInfo,
@@ -69,14 +75,26 @@ class Agent:
         self.settings = settings
         self.device_id = settings.device_id
         self.data_dir = settings.data_dir
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # bundles, trust, keys and the outbox: readable by the agent's user only
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
+        # the one HTTP origin downloads and snapshot uploads may go to
+        origin = ControllerOrigin(
+            settings.controller_origin, fallback_host=settings.mqtt.host, ca_file=settings.ca_file
+        )
         self.notifier = notifier or Notifier()
         self.uptime = Uptime()
         self.system = SystemHealth(disk_path=self.data_dir)
-        self.probes: list[RuntimeProbe] = probe_runtimes()
-        self.profile, self.preferences = choose_profile(settings.profile)
+        device = choose_device(settings.profile)
+        self.profile, self.preferences = device.profile, device.preferences
+        # runtimes the profile runs under the device's own Python, in worker processes
+        workers = {**device.workers, **{str(k): w for k, w in settings.runtime_workers.items()}}
+        self.hosts = RuntimeHosts.from_profile(workers, events=self._worker_event)
+        self.probes: list[RuntimeProbe] = probe_runtimes(self.hosts)
         self.store = SlotStore(self.data_dir / "bundles")
-        self.session = AgentSession(settings.mqtt, self.device_id, self.state)
+        # renews the enrolled certificate while the agent runs (None: no enrollment)
+        self.renewal: RenewalTimer | None = None
+        self.session = AgentSession(self._broker_settings(), self.device_id, self.state)
         # detections and deployment events go to disk first; the pump publishes them from there
         self.outbox = Outbox(
             settings.outbox.path or self.data_dir / "outbox.sqlite", settings.outbox
@@ -96,6 +114,7 @@ class Agent:
             self.snapshots,
             lambda chunk: self.session.publish(self.session.topics.snap(self.device_id), chunk),
             self._ack,
+            origin=origin,
         )
         self.pipeline = Pipeline(
             resolve_cameras(settings.cameras, self.profile),
@@ -129,8 +148,16 @@ class Agent:
             request_timeout=settings.chunk_request_timeout_s,
             max_requests=settings.chunk_request_attempts,
             fault=fault,
+            origin=origin,
+            max_bundle_bytes=settings.max_bundle_bytes,
         )
-        self.commands = CommandHandler(self, self._ack)
+        # every command is checked against the trust file as it is now (a trust-update may
+        # have just changed its command keys); seen ids persist so a replay fails after restart
+        self.seen_commands = SeenCommands(self.data_dir / "commands-seen.sqlite")
+        guard = CommandGuard(
+            self.device_id, lambda: load_trust_store(settings.trust_file), self.seen_commands
+        )
+        self.commands = CommandHandler(self, self._ack, guard=guard)
         self._stop = threading.Event()
 
     # ---- state and events -------------------------------------------------------------------
@@ -162,6 +189,15 @@ class Agent:
     def _store_event(self, event: Event) -> None:
         self.outbox.put(self.session.topics.evt(self.device_id), encode(event), [event.id])
 
+    def _worker_event(self, event: WorkerEvent) -> None:
+        """A runtime worker crashed or was restarted: an event the operator sees."""
+        self.events.report(
+            EventKind.ERROR,
+            level=EventLevel.ERROR if event.kind == WorkerEventKind.CRASHED else EventLevel.WARNING,
+            message=f"{event.kind} runtime={event.runtime} crashes={event.crashes} "
+            f"restarts={event.restarts}: {event.detail}",
+        )
+
     def _send_event(self, event: Event) -> None:
         self.session.publish(self.session.topics.evt(self.device_id), encode(event), qos=1)
 
@@ -175,9 +211,10 @@ class Agent:
             choice,
             threads=self.settings.runtime_threads,
             cache_dir=self.data_dir / "engines",
+            runtime_class=self.hosts.runtime_class(choice.runtime),
         )
         # counted per model, so probation judges only the frames this bundle ran on
-        model.detector = CountingDetector(model.detector)
+        model.detector = CountingDetector(model.detector, BundleStatsWindow(model.digest))
         self._swap(model)
 
     def model_health(self) -> ModelHealth | None:
@@ -194,6 +231,14 @@ class Agent:
             last_error=counted.last_error,
         )
 
+    def _bundle_stats(self) -> BundleStats | None:
+        """The active bundle's statistics since it was activated, for rollout gates."""
+        model = self.pipeline.current()
+        if model is None or not isinstance(model.detector, CountingDetector):
+            return None
+        stats = model.detector.stats
+        return stats.snapshot() if stats is not None else None
+
     def _swap(self, model: ActiveModel | None) -> None:
         old = self.pipeline.swap(model)
         self.session.publish_state()
@@ -209,8 +254,19 @@ class Agent:
     def deploy(self, command: Deploy) -> None:
         self.deployer.on_deploy(command)
 
-    def rollback(self, cmd_id: str) -> bool:
-        return self.deployer.rollback(cmd_id)
+    def rollback(self, cmd_id: str) -> tuple[bool, str, str]:
+        """Back to the previous bundle unless its release is below the anti-rollback floor."""
+        try:
+            below = self.store.rollback_refusal()
+        except (StoreCorrupt, OSError) as exc:
+            return False, InstallReason.STORE_CORRUPT, str(exc)[:4096]
+        if below is not None:
+            reason = InstallReason.BELOW_RELEASE_FLOOR
+            log.warning("event=rollback_refused reason=%s detail=%r", reason, below)
+            return False, reason, below
+        if self.deployer.rollback(cmd_id):
+            return True, EventKind.ROLLED_BACK, ""
+        return False, InstallReason.NO_PREVIOUS_BUNDLE, "nothing intact to roll back to"
 
     def trust_update(self, command: TrustUpdate) -> tuple[bool, str, str]:
         return apply_trust_update(self.settings.trust_file, command)
@@ -295,11 +351,33 @@ class Agent:
             link=link,
         )
         message = with_device_health(message, self.device_health.sample())
+        message = with_bundle_stats(message, self._bundle_stats())
         self.session.publish(self.session.topics.health(self.device_id), encode(message), qos=0)
+
+    def _broker_settings(self) -> BrokerSettings:
+        """The broker settings, with the enrolled certificate when enrollment is configured.
+
+        Blocks until the controller issues a certificate (or refuses: EnrollmentRefused).
+        """
+        broker = self.settings.mqtt
+        if self.settings.enrollment.url is None:
+            return broker
+        identity = DeviceIdentity(
+            self.device_id, self.data_dir / "identity", self.settings.enrollment
+        )
+        files = identity.ensure()
+        self.renewal = RenewalTimer(
+            identity, lambda renewed: self.session.reload_certificate(renewed.cert, renewed.key)
+        )
+        if broker.ca_file is not None and broker.cert_file is None:
+            return broker.model_copy(update={"cert_file": files.cert, "key_file": files.key})
+        return broker
 
     def run(self) -> None:
         self._restore()
         self.session.start()
+        if self.renewal is not None:
+            self.renewal.start()
         self.pump.start()
         self.pipeline.start()
         self.notifier.ready(f"device {self.device_id}, {len(self.settings.cameras)} camera(s)")
@@ -320,7 +398,11 @@ class Agent:
                         resumed = True
                         self.deployer.resume()
                     if item is not None and item.kind == "command":
-                        self.commands.handle(item.payload)
+                        try:
+                            self.commands.handle(item.payload)
+                        finally:
+                            # to the broker only now: the command's effect is on disk
+                            self.session.done(item)
                     elif item is not None and item.digest is not None:
                         self.deployer.on_chunk(item.digest, item.payload)
                     self.deployer.tick()
@@ -346,8 +428,11 @@ class Agent:
         if self.session.connected.is_set() and not self.pump.flush(timeout=5.0):
             log.warning("event=outbox_not_drained depth=%d", self.outbox.depth)
         self.pump.stop()
+        if self.renewal is not None:
+            self.renewal.stop()
         self.session.stop()
         self.outbox.close()
+        self.seen_commands.close()
         self.device_health.close()
         model = self.pipeline.swap(None)
         if model is not None:

@@ -10,11 +10,13 @@ import yaml
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from agent.link.identity import EnrollmentSettings
 from agent.link.outbox import OutboxSettings
 from agent.link.session import BrokerSettings
 from agent.pipeline.settings import CameraSettings
 from agent.pipeline.snapshots import SnapshotSettings
-from device_profiles.schema import HealthSource
+from device_profiles.schema import HealthSource, RuntimeWorker
+from protocol.events import RuntimeKey
 from protocol.topics import validate_device_id
 
 
@@ -36,7 +38,16 @@ class AgentSettings(BaseSettings):
         None, description="release-key trust store (JSON); default data_dir/trust.json"
     )
     profile: str | None = Field(None, description="force a device profile instead of probing")
+    runtime_workers: dict[RuntimeKey, RuntimeWorker] = Field(
+        default_factory=dict,
+        description="runtimes run in a worker process under another interpreter; added to, and "
+        "winning over, the device profile's `workers` (local settings only: names a program)",
+    )
     mqtt: BrokerSettings = Field(default_factory=BrokerSettings)
+    enrollment: EnrollmentSettings = Field(
+        default_factory=EnrollmentSettings,
+        description="get this device's broker certificate from the controller on start",
+    )
     cameras: list[CameraSettings] = Field(default_factory=list, description="video sources")
     runtime_threads: Annotated[int, Field(ge=1, le=64)] = Field(2, description="CPU threads")
     health_interval_s: Annotated[float, Field(gt=0, le=3600)] = Field(10.0, description="health")
@@ -66,6 +77,25 @@ class AgentSettings(BaseSettings):
         3, description="agent starts on a bundle still on probation before it is reverted"
     )
     outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="outbox")
+    controller_origin: str | None = Field(
+        None,
+        pattern=r"^https?://[A-Za-z0-9.:\[\]-]+/?$",
+        description="scheme://host[:port] of the controller's API: bundle downloads and snapshot "
+        "uploads go nowhere else; None: the broker's host, any port",
+    )
+    ca_file: Path | None = Field(
+        None, description="fleet CA (PEM) that https servers must chain to; None: system CAs"
+    )
+    allowed_file_roots: list[Path] = Field(
+        default_factory=list,
+        description="folders whose video files set-config may name as a camera source",
+    )
+    max_cameras: Annotated[int, Field(ge=1, le=64)] = Field(
+        8, description="most cameras a set-config may configure"
+    )
+    max_bundle_bytes: Annotated[int, Field(gt=0)] = Field(
+        2 << 30, description="largest bundle an offer may announce"
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
 
     @field_validator("device_id")

@@ -7,11 +7,18 @@ import logging
 import signal
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from types import FrameType, TracebackType
 
 import uvicorn
 
 from controller.api.app import ApiContext, create_app
+from controller.auth.acl import BrokerAccess, BrokerFiles, pid_file_reloader, write_crl
+from controller.auth.bootstrap import make_bootstrap_secret
+from controller.auth.ca import CertificateAuthority
+from controller.auth.enrollment import EnrollmentService
+from controller.auth.signing import load_command_signer, log_root_expiry
+from controller.auth.transfer import TransferTokens, load_or_create_key
 from controller.bundles.chunks import ChunkServer
 from controller.bundles.repository import BundleRepository, BundleVerifier, release_verifier
 from controller.db import make_engine, session_factory, upgrade_database
@@ -19,7 +26,11 @@ from controller.fleet.deployments import DeploymentService
 from controller.fleet.snapshots import SnapshotRequests, SnapshotStore
 from controller.mqtt.commands import CommandSender
 from controller.mqtt.ingest import Ingest, IngestStats
+from controller.mqtt.retention import apply_retention
 from controller.mqtt.session import Publisher
+from controller.rollouts.desired import Reconciler
+from controller.rollouts.engine import RolloutEngine
+from controller.rollouts.scheduler import RolloutScheduler
 from controller.settings import ControllerSettings
 from protocol.topics import Topics
 
@@ -46,7 +57,8 @@ class Controller:
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.settings.http.host}:{self.http_port}"
+        scheme = "https" if self.settings.http.tls else "http"
+        return f"{scheme}://{self.settings.http.host}:{self.http_port}"
 
     def start(self, timeout: float = 15.0) -> Controller:
         """Migrate, connect and serve; returns once the API answers.
@@ -61,18 +73,30 @@ class Controller:
         self.engine = make_engine(url)
         self.sessions = session_factory(self.engine)
         self.topics = Topics(s.mqtt.topic_prefix)
+        # before anything starts: a command key that will not load stops the start cleanly
+        log_root_expiry(s.resolved_trust_path(), s.root_expiry_warning_days)
+        signer = load_command_signer(s.resolved_command_key_path(), s.command_ttl_s)
         verifier = self._verifier or release_verifier(s.resolved_trust_path(), s.max_bundle_bytes)
         self.bundles = BundleRepository(s.bundle_dir, self.sessions, verifier, s.chunk_size)
         self.publisher = Publisher(s.mqtt, s.max_inflight, f"{s.mqtt.client_id}-pub").start()
-        self.commands = CommandSender(self.publisher, self.topics)
+        self.commands = CommandSender(self.publisher, self.topics, signer=signer)
+        self.enrollment = self._enrollment()
         self.chunks = ChunkServer(
-            self.publisher, self.bundles, self.topics, s.chunk_coalesce_s
+            self.publisher,
+            self.bundles,
+            self.topics,
+            s.chunk_coalesce_s,
+            send_rate=s.chunk_send_mb_s * 1e6,
         ).start()
 
         def public_url() -> str:
             # the API's port is known only once it listens
             return s.resolved_public_url(self.http_port)
 
+        # one key in the database: every replica checks the tokens the others issued
+        self.transfer_tokens = TransferTokens(
+            load_or_create_key(self.sessions), s.auth.transfer_token_ttl_s
+        )
         self.deployer = DeploymentService(
             self.sessions,
             self.bundles,
@@ -80,11 +104,28 @@ class Controller:
             self.chunks,
             public_url=public_url,
             http_transfer_bytes=s.http_transfer_bytes,
+            transfer_tokens=self.transfer_tokens,
         )
         self.ingest = Ingest(
             s.mqtt, s.ingest, self.sessions, hooks=[self.deployer], stats=self.stats
         ).start()
         self._started = True
+        self.reconciler = Reconciler(self.sessions, self.deployer)
+        self.rollouts = RolloutEngine(
+            self.sessions, self.reconciler, self.commands, revert_retry_s=s.rollouts.revert_retry_s
+        )
+        self.scheduler = RolloutScheduler(
+            self.engine,
+            self.rollouts.tick,
+            tick_s=s.rollouts.tick_s,
+            leader_retry_s=s.rollouts.leader_retry_s,
+            retention=lambda: apply_retention(
+                self.sessions,
+                s.ingest.retention_days,
+                days_ahead=s.ingest.partition_days_ahead,
+            ),
+            retention_every_s=s.rollouts.retention_every_s,
+        )
         snapshots = SnapshotStore(s.data_dir / "snapshots", s.max_snapshot_bytes)
         self.app = create_app(
             ApiContext(
@@ -99,12 +140,22 @@ class Controller:
                 mqtt_ready=lambda: self.ingest.ready and self.publisher.ready,
                 trust_path=s.resolved_trust_path(),
                 snapshot_requests=SnapshotRequests(
-                    snapshots, self.sessions, self.commands, public_url
+                    snapshots, self.sessions, self.commands, public_url, self.transfer_tokens
                 ),
                 snapshots=snapshots,
+                auth_settings=s.auth,
+                transfer_tokens=self.transfer_tokens,
+                public_url=s.resolved_public_url(),
+                enrollment=self.enrollment,
+                rollouts=self.rollouts,
+                reconciler=self.reconciler,
             )
         )
         self._serve_http(timeout)
+        self._announce_bootstrap()
+        if s.rollouts.enabled:
+            # the leader (one replica; always this one on SQLite) ticks rollouts and retention
+            self.scheduler.start()
         deadline = time.monotonic() + timeout
         for name, part in (("ingest", self.ingest), ("publisher", self.publisher)):
             if not part.wait_ready(max(0.0, deadline - time.monotonic())):
@@ -123,6 +174,22 @@ class Controller:
         )
         return self
 
+    def _announce_bootstrap(self) -> None:
+        """While no user exists, print a one-time secret that creates the first admin."""
+        secret = make_bootstrap_secret(self.sessions)
+        if secret is None:
+            return
+        # printed once, on purpose: whoever reads the controller's log may create the first admin
+        log.warning(
+            'event=first_admin_needed secret=%s use="edgefleet users bootstrap NAME '
+            '--secret %s --api %s" or POST %s/api/auth/bootstrap '
+            "{secret,name,password}; or run `edgefleet users create --admin NAME` here",
+            secret,
+            secret,
+            self.api_url,
+            self.api_url,
+        )
+
     def _serve_http(self, timeout: float) -> None:
         config = uvicorn.Config(
             self.app,
@@ -131,6 +198,8 @@ class Controller:
             log_config=None,
             access_log=False,
             lifespan="off",
+            ssl_certfile=self.settings.http.cert_file,
+            ssl_keyfile=self.settings.http.key_file,
         )
         server = uvicorn.Server(config)
         self._server = server
@@ -149,6 +218,38 @@ class Controller:
         if sockets:
             self.http_port = int(sockets[0].getsockname()[1])
 
+    def _enrollment(self) -> EnrollmentService:
+        """Device enrollment over the fleet CA; revocations reach the broker when its files
+        are ours to write."""
+        s = self.settings.enrollment
+        ca = CertificateAuthority.load_or_create(
+            (s.pki_dir or self.settings.data_dir / "pki") / "fleet"
+        )
+        hook = None
+        if s.broker_files_dir is not None:
+            access = BrokerAccess(
+                BrokerFiles(s.broker_files_dir),
+                ca,
+                pid_file_reloader(s.broker_pid_file),
+                lambda topic, payload: self.publisher.publish(topic, payload),
+            )
+
+            def hook(device: str, serials: list[tuple[int, datetime]]) -> None:
+                access.revoked(device, serials, datetime.now(timezone.utc))
+
+        service = EnrollmentService(
+            self.sessions,
+            ca,
+            cert_valid=timedelta(days=s.cert_days),
+            max_pending=s.max_pending,
+            on_revoked=hook,
+        )
+        if s.broker_files_dir is not None:
+            # a fresh CRL at every start: the broker refuses every client once one has expired
+            now = datetime.now(timezone.utc)
+            write_crl(BrokerFiles(s.broker_files_dir), ca, service.revoked_serials(), now)
+        return service
+
     def stop(self) -> None:
         """Stop serving, store and acknowledge what was received, disconnect."""
         if self._server is not None:
@@ -159,6 +260,7 @@ class Controller:
         if not self._started:
             return
         self._started = False
+        self.scheduler.stop()
         self.ingest.stop()
         self.chunks.stop()
         self.publisher.stop()

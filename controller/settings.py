@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from protocol.topics import DEFAULT_PREFIX
@@ -38,6 +39,58 @@ class MqttSettings(BaseModel):
         description="shared-subscription group that splits ingest across replicas; empty: none",
     )
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds")
+    ca_file: Path | None = Field(
+        None, description="CA (PEM) that signed the broker's certificate; set: connect over TLS"
+    )
+    cert_file: Path | None = Field(None, description="the controller's client certificate (PEM)")
+    key_file: Path | None = Field(None, description="the controller's client key (PEM)")
+
+    @property
+    def tls(self) -> bool:
+        return self.ca_file is not None
+
+    @model_validator(mode="after")
+    def _tls_beyond_loopback(self) -> MqttSettings:
+        # a broker beyond loopback is reached over TLS with a client certificate, never plain
+        if not _is_loopback(self.host) and not (self.ca_file and self.cert_file and self.key_file):
+            raise ValueError(
+                f"tls_required: broker {self.host!r} is not on loopback; set mqtt.ca_file, "
+                "mqtt.cert_file and mqtt.key_file"
+            )
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls_incomplete: mqtt.cert_file and mqtt.key_file go together")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class EnrollmentSettings(BaseModel):
+    """Device identities: the CAs, certificate lifetime, pending requests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pki_dir: Path | None = Field(
+        None, description="the fleet and service CAs (private keys 0600); empty: data_dir/pki"
+    )
+    cert_days: int = Field(90, ge=1, le=825, description="lifetime of a device certificate")
+    max_pending: int = Field(
+        1000, ge=1, le=1_000_000, description="most enrollment requests awaiting approval"
+    )
+    broker_files_dir: Path | None = Field(
+        None,
+        description="the broker's generated files (CRL, ACL); set: revocations rewrite the CRL "
+        "there, signal the broker to re-read it and close the device's connection",
+    )
+    broker_pid_file: Path | None = Field(
+        None, description="mosquitto's pid file; the broker gets SIGHUP after a revocation"
+    )
 
 
 class IngestSettings(BaseModel):
@@ -48,11 +101,45 @@ class IngestSettings(BaseModel):
         0.25, gt=0, le=60, description="longest a received message waits for its commit"
     )
     idle_flush_s: float = Field(
-        0.01,
+        0.002,
         gt=0,
         le=10,
         description="commit early when no message came for this long (keeps the broker's "
         "window of unacknowledged messages moving)",
+    )
+    sessions: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="MQTT sessions the ingest opens in one shared-subscription group; each "
+        "brings the broker's window of unacknowledged messages again; more than one needs a "
+        "broker with shared subscriptions (1: a plain subscription, e.g. for RabbitMQ 3.x)",
+    )
+    max_payload_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=256 * 1024,
+        description="larger agent messages are dropped, counted and logged before decoding",
+    )
+    max_queued: int = Field(
+        50_000,
+        ge=100,
+        le=1_000_000,
+        description="received messages waiting for the writer; past it QoS 0 health is shed, "
+        "counted as `overload` (QoS 1 is bounded by the broker's window)",
+    )
+    health_history_s: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="one full health sample per device is kept per this many seconds; every "
+        "sample updates the device's latest health and its per-minute rollup (0: keep all)",
+    )
+    retention_days: float = Field(
+        30.0, gt=0, le=3650, description="detections, health and events older than this go"
+    )
+    partition_days_ahead: int = Field(
+        7, ge=1, le=90, description="PostgreSQL: daily detection partitions created ahead"
     )
 
 
@@ -61,6 +148,88 @@ class HttpSettings(BaseModel):
 
     host: str = Field("127.0.0.1", description="address the REST API listens on")
     port: int = Field(8080, ge=0, le=65535, description="REST API port; 0 picks a free one")
+    cert_file: Path | None = Field(
+        None, description="the API's TLS certificate chain (PEM); set: the API serves https only"
+    )
+    key_file: Path | None = Field(None, description="the API's TLS private key (PEM)")
+
+    @property
+    def tls(self) -> bool:
+        return self.cert_file is not None
+
+    @model_validator(mode="after")
+    def _tls_beyond_loopback(self) -> HttpSettings:
+        # operators' passwords, API tokens, enrollment and transfer tokens cross this port:
+        # beyond loopback it is https, never plain
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls_incomplete: http.cert_file and http.key_file go together")
+        if not self.tls and not _is_loopback(self.host):
+            raise ValueError(
+                f"tls_required: the API would listen on {self.host!r}, beyond loopback; set "
+                "http.cert_file and http.key_file (or put it behind a TLS proxy on loopback)"
+            )
+        return self
+
+
+class AuthSettings(BaseModel):
+    """Operators' authentication and the API's request guards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values the API answers besides loopback names and the host "
+        "of public_url ('*.example.com' allowed); anything else gets 400",
+    )
+    session_ttl_s: float = Field(
+        12 * 3600.0, gt=0, le=30 * 86400, description="lifetime of a browser login session"
+    )
+    token_ttl_s: float = Field(
+        90 * 86400.0, gt=0, le=366 * 86400, description="default lifetime of a new API token"
+    )
+    transfer_token_ttl_s: float = Field(
+        24 * 3600.0,
+        gt=0,
+        le=30 * 86400,
+        description="lifetime of the per-command token a device uses to download a bundle or "
+        "upload a snapshot",
+    )
+    login_failures_per_user: int = Field(
+        5, ge=1, le=1000, description="failed logins per user name per window before 429"
+    )
+    login_failures_per_client: int = Field(
+        20, ge=1, le=10_000, description="failed logins per client address per window"
+    )
+    login_window_s: float = Field(300.0, gt=0, le=86400, description="login failure window")
+    max_body_bytes: int = Field(
+        1 << 20,
+        gt=0,
+        description="largest request body of any route without its own cap (bundle and "
+        "snapshot uploads have theirs)",
+    )
+    metrics_open_on_loopback: bool = Field(
+        True,
+        description="serve /metrics without credentials to clients on loopback (a local "
+        "Prometheus); other clients need a viewer token",
+    )
+
+
+class RolloutSettings(BaseModel):
+    """The rollout engine and the scheduler that drives it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="run the rollout engine and scheduled jobs")
+    tick_s: float = Field(1.0, gt=0, le=60, description="seconds between rollout ticks")
+    leader_retry_s: float = Field(
+        5.0, gt=0, le=300, description="how often a replica that does not lead tries to"
+    )
+    revert_retry_s: float = Field(
+        60.0, gt=0, le=3600, description="seconds before a rollback command is sent again"
+    )
+    retention_every_s: float = Field(
+        3600.0, gt=0, description="seconds between runs of the data-retention job"
+    )
 
 
 class ControllerSettings(BaseSettings):
@@ -84,6 +253,12 @@ class ControllerSettings(BaseSettings):
     ingest: IngestSettings = Field(
         default_factory=IngestSettings, description="batching of ingest writes"
     )
+    auth: AuthSettings = Field(
+        default_factory=AuthSettings, description="operators' logins, tokens and API guards"
+    )
+    enrollment: EnrollmentSettings = Field(
+        default_factory=EnrollmentSettings, description="device identities and certificates"
+    )
     chunk_size: int = Field(
         64 * 1024, gt=0, le=1 << 20, description="bytes per bundle chunk sent over MQTT"
     )
@@ -96,10 +271,30 @@ class ControllerSettings(BaseSettings):
         le=10,
         description="how long chunk requests for one bundle gather before one pass serves all",
     )
+    chunk_send_mb_s: float = Field(
+        2.0,
+        ge=0,
+        le=10_000,
+        description="pace of the shared bundle-chunk broadcast in MB/s (0: unpaced); devices "
+        "that fall behind the broker's per-client byte window ask again and are served in a "
+        "later pass, so the pace bounds broker memory and resends",
+    )
     trust_path: Path | None = Field(
         None,
         description="release trust store (JSON) that uploaded bundles must verify against; "
         "empty means data_dir/trust.json",
+    )
+    command_key_path: Path | None = Field(
+        None,
+        description="the controller's command key (PEM; encrypted: passphrase in "
+        "EDGEFLEET_KEY_PASSPHRASE) that signs every command; empty means "
+        "data_dir/command.pem, and without that file commands go out unsigned",
+    )
+    command_ttl_s: float = Field(
+        300.0, gt=0, le=900, description="how long a signed command stays valid on devices"
+    )
+    root_expiry_warning_days: int = Field(
+        30, ge=1, le=3650, description="warn at start when the root expires within this many days"
     )
     max_bundle_bytes: int = Field(
         1 << 30, gt=0, description="largest bundle upload the API accepts"
@@ -119,6 +314,9 @@ class ControllerSettings(BaseSettings):
         description="bundles of this size or larger are offered over HTTP range download "
         "instead of MQTT chunks",
     )
+    rollouts: RolloutSettings = Field(
+        default_factory=RolloutSettings, description="rollout engine and scheduler"
+    )
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file inside data_dir."""
@@ -133,7 +331,13 @@ class ControllerSettings(BaseSettings):
         host = self.http.host
         if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a comparison, not a bind
             host = socket.getfqdn()  # listening everywhere: devices need a name, not 0.0.0.0
-        return f"http://{host}:{port if port is not None else self.http.port}"
+        scheme = "https" if self.http.tls else "http"
+        return f"{scheme}://{host}:{port if port is not None else self.http.port}"
+
+    def resolved_command_key_path(self) -> Path:
+        if self.command_key_path is not None:
+            return self.command_key_path
+        return self.data_dir / "command.pem"
 
     def resolved_trust_path(self) -> Path:
         return self.trust_path if self.trust_path is not None else self.data_dir / "trust.json"
@@ -178,3 +382,18 @@ def load_settings(config_file: Path | None = None) -> ControllerSettings:
     from_env = ControllerSettings().model_dump(exclude_unset=True)
     merged = _merge(_read_config_file(config_file), from_env)
     return ControllerSettings(**merged)
+
+
+BROKER_DELIVERY_LIMITS = (
+    # per client: many small messages in flight and queued (the controller's ingest reads
+    # thousands of devices through one session), but few bytes, so a device that reads bundle
+    # chunks slower than they are sent costs the broker a window of them, not the bundle
+    # (mosquitto keeps a copy per subscriber). What falls past the window is asked for again
+    # and sent in a later pass (controller.bundles.chunks).
+    "max_inflight_messages 100",
+    "max_inflight_bytes 262144",
+    "max_queued_messages 100000",
+    "max_queued_bytes 1048576",
+)
+"""mosquitto.conf lines bounding each client's share of broker memory: in the demo broker's
+configuration and in the generated production one alike."""

@@ -23,6 +23,7 @@ import httpx
 from ota.atomic import fsync_dir
 from ota.digest import file_digest
 from protocol.events import RefusalReason, TransferReason
+from protocol.messages import TRANSFER_TOKEN_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,8 @@ class Wanted:
     url: str
     digest: str
     size: int
+    # the offer's per-command credential, sent back as a header
+    token: str | None = None
 
 
 def part_path(directory: Path, digest: str) -> Path:
@@ -199,6 +202,8 @@ def _one_attempt(
     if have == wanted.size:
         return
     headers = {"Range": f"bytes={have}-"} if have else {}
+    if wanted.token is not None:
+        headers[TRANSFER_TOKEN_HEADER] = wanted.token
     timeout = httpx.Timeout(
         policy.read_timeout_s, connect=policy.connect_timeout_s, pool=policy.connect_timeout_s
     )

@@ -96,6 +96,10 @@ class RefusalReason(_Named):
     MALFORMED_MANIFEST = "malformed_manifest"
     MALFORMED_BUNDLE = "malformed_bundle"
     TOO_LARGE = "too_large"
+    # a PAX or GNU extended header over the cap, or of a kind bundles never need
+    EXTENDED_HEADER = "extended_header"
+    # bytes after the end-of-archive marker (a second archive, garbage, non-zero padding)
+    TRAILING_DATA = "trailing_data"
     # fit for this device
     INCOMPATIBLE_PROFILE = "incompatible_profile"
     # the root document that says which keys count
@@ -114,6 +118,10 @@ class TransferReason(_Named):
     HTTP_STATUS = "http_status"
     BAD_RESPONSE = "bad_response"
     CANCELLED = "cancelled"
+    # offers this device refuses before fetching a byte
+    OFFER_TOO_LARGE = "offer_too_large"
+    NO_DISK_SPACE = "no_disk_space"
+    FOREIGN_ORIGIN = "foreign_origin"
 
 
 class InstallReason(_Named):
@@ -123,6 +131,8 @@ class InstallReason(_Named):
     INSTALL_ERROR = "install_error"
     COMMIT_FAILED = "commit_failed"
     NO_PREVIOUS_BUNDLE = "no_previous_bundle"
+    # the previous bundle's release is below the device's anti-rollback floor
+    BELOW_RELEASE_FLOOR = "below_release_floor"
     PROBATION_CRASHES = "probation_crashes"
     NO_RUNTIME = "no_runtime"
     LOAD_FAILED = "load_failed"
@@ -134,6 +144,22 @@ class InstallReason(_Named):
     NOT_ACTIVE = "not_active"
     INFERENCE_ERRORS = "inference_errors"
     NO_FRAMES = "no_frames"
+
+
+class CommandRefusal(_Named):
+    """Why the agent refused a command before acting on it; the result of its negative ack."""
+
+    UNSIGNED = "unsigned"
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_KEY = "unknown_key"
+    THRESHOLD_NOT_MET = "threshold_not_met"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    REPLAYED = "replayed"
+    MISADDRESSED = "misaddressed"
+    # the device's trust lists no command keys (a store from before signed commands)
+    NO_COMMAND_KEYS = "no_command_keys"
+    NO_TRUST_STORE = "no_trust_store"
 
 
 Reason = RefusalReason | TransferReason | InstallReason

@@ -30,6 +30,9 @@ Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 # http(s) only, no whitespace or control characters, bounded so a command stays small
 HttpUrlText = Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s\x00-\x1f]+$")]
+# a per-command credential for a device-facing HTTP endpoint (bundle download, snapshot upload)
+TransferToken = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._-]+$")]
+TRANSFER_TOKEN_HEADER = "X-Edgefleet-Transfer-Token"  # noqa: S105 - a header name, not a secret
 
 
 def new_id() -> str:
@@ -135,6 +138,19 @@ class AcceleratorHealth(WireModel):
     power_w: NonNeg | None = None
 
 
+class BundleStats(WireModel):
+    """How the active bundle has run since it was activated (its probation window, then
+    running): what rollout gates compare with the previous bundle on the same device."""
+
+    digest: Digest
+    frames: Annotated[int, Field(ge=0)] = 0
+    window_s: NonNeg = Field(0.0, description="seconds since the bundle was activated")
+    fps: NonNeg = Field(0.0, description="frames processed per second, all cameras")
+    infer_ms_p95: NonNeg | None = Field(None, description="over the most recent frames")
+    det_rate: NonNeg = Field(0.0, description="detections per processed frame")
+    mean_score: Score | None = Field(None, description="mean score of those detections")
+
+
 class Health(Envelope):
     type: Literal["health"] = "health"
     uptime_s: NonNeg = 0.0
@@ -161,6 +177,7 @@ class Health(Envelope):
     unavailable: Annotated[dict[ShortText, ShortText], Field(max_length=64)] = Field(
         default_factory=dict, description="health sources that could not be read, and why"
     )
+    bundle_stats: BundleStats | None = None
 
 
 class Box(WireModel):
@@ -226,6 +243,11 @@ class Ack(Envelope):
 # ---- controller → agent -------------------------------------------------------------------
 
 
+# per-chunk digests travel in the offer up to this many chunks (about 68 KiB of command);
+# a bundle cut into more goes without them and is checked whole, or is offered over HTTP
+MAX_CHUNK_DIGESTS = 1024
+
+
 class BundleOffer(WireModel):
     """Where and how a bundle's bytes travel; the chunks come on the bundle's own topic."""
 
@@ -238,29 +260,54 @@ class BundleOffer(WireModel):
     url: HttpUrlText | None = Field(
         None, description="when set, fetch the bytes over HTTP range requests instead of chunks"
     )
+    chunk_digests: Annotated[tuple[Digest, ...], Field(max_length=MAX_CHUNK_DIGESTS)] = Field(
+        (), description="sha256 of each chunk in order, so a bad chunk is dropped alone"
+    )
+    token: TransferToken | None = Field(
+        None, description=f"with `url`: sent back in the {TRANSFER_TOKEN_HEADER} header"
+    )
 
 
-class Deploy(Envelope):
+class CommandSignature(WireModel):
+    """One command key's Ed25519 signature over the command's canonical bytes (`ota.commands`)."""
+
+    keyid: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    sig: Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
+
+
+class CommandEnvelope(Envelope):
+    """The envelope of every command: `exp` and `sigs` make it a signed, short-lived order for
+    one device; the agent refuses it without them (see `ota.commands`)."""
+
+    exp: Annotated[float, Field(ge=0.0)] | None = Field(
+        None, description="unix time after which the device refuses the command"
+    )
+    sigs: Annotated[tuple[CommandSignature, ...], Field(max_length=8)] = Field(
+        (), description="command-key signatures over everything else in the command"
+    )
+
+
+class Deploy(CommandEnvelope):
     type: Literal["deploy"] = "deploy"
     bundle: BundleOffer
 
 
-class Rollback(Envelope):
+class Rollback(CommandEnvelope):
     type: Literal["rollback"] = "rollback"
 
 
-class RestartPipeline(Envelope):
+class RestartPipeline(CommandEnvelope):
     type: Literal["restart-pipeline"] = "restart-pipeline"
 
 
-class SetConfig(Envelope):
+class SetConfig(CommandEnvelope):
     """A partial agent settings document; the agent validates it and answers in its ack."""
 
     type: Literal["set-config"] = "set-config"
     config: Annotated[dict[ShortText, Any], Field(max_length=64)]
 
 
-class TrustUpdate(Envelope):
+class TrustUpdate(CommandEnvelope):
     """New root documents for the device's trust, oldest first, each the next version."""
 
     type: Literal["trust-update"] = "trust-update"
@@ -271,7 +318,7 @@ class TrustUpdate(Envelope):
     ]
 
 
-class Snapshot(Envelope):
+class Snapshot(CommandEnvelope):
     """A JPEG of a track's best frame: uploaded with an HTTP POST to `upload_url`, or, without
     one, published as chunks on the device's `snap` topic (protocol.codec.encode_snapshot_chunk).
     The ack's result says which: `uploaded`, `sent`, `not_found`, `upload_failed`."""
@@ -280,6 +327,8 @@ class Snapshot(Envelope):
     camera: Ident
     track_id: Annotated[int, Field(ge=0)]
     upload_url: HttpUrlText | None = None
+    # with `upload_url`: sent back in the TRANSFER_TOKEN_HEADER header of the upload
+    upload_token: TransferToken | None = None
 
 
 Command = Annotated[

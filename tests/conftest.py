@@ -66,10 +66,27 @@ def release_key():
 
 
 @pytest.fixture(scope="session")
-def trust(release_key):
+def command_key():
+    """The controller's command key that the `trust` store lists."""
+    from ota.keys import SigningKey
+
+    return SigningKey.generate()
+
+
+@pytest.fixture
+def command_key_file(tmp_path, command_key) -> Path:
+    """`command_key` saved as the PEM file a controller's `command_key_path` names."""
+    path = tmp_path / "command-key" / "command.pem"
+    path.parent.mkdir()
+    command_key.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trust(release_key, command_key):
     from ota.trust import TrustStore
 
-    return TrustStore.from_keys([release_key.public_key()])
+    return TrustStore.from_keys([release_key.public_key()], command_keys=[command_key.public_key()])
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from typing import Literal
 
 import httpx
 
+from agent.link.origin import ControllerOrigin
 from ota.http_fetch import FetchCancelled, FetchError, RetryPolicy, Wanted, fetch_bundle
 from protocol.events import Reason, TransferReason
 from protocol.messages import BundleOffer
@@ -55,12 +56,14 @@ class HttpDownloads:
         directory: Path,
         *,
         policy: RetryPolicy | None = None,
-        client_factory: Callable[[], httpx.Client] = lambda: httpx.Client(follow_redirects=False),
+        client_factory: Callable[[], httpx.Client] | None = None,
         progress_steps: int = 10,
+        origin: ControllerOrigin | None = None,
     ) -> None:
         self.directory = directory
         self.policy = policy or RetryPolicy()
-        self._client_factory = client_factory
+        self.origin = origin
+        self._client_factory = client_factory or self._verified_client
         self._steps = max(1, progress_steps)
         self._updates: queue.SimpleQueue[DownloadUpdate] = queue.SimpleQueue()
         self._running: dict[str, _Running] = {}
@@ -72,15 +75,18 @@ class HttpDownloads:
     def start(self, offer: BundleOffer, cmd_id: str) -> bool:
         """Start fetching `offer.url`; False (and the newer cmd_id kept) if already running.
 
-        Raises ValueError when the offer has no URL.
+        Raises ValueError when the offer has no URL, ForeignOrigin (a ValueError) when it is
+        outside the controller's origin.
         """
         if self.active(offer.digest):
             self._running[offer.digest].cmd_id = cmd_id
             return False
         if offer.url is None:
             raise ValueError(f"offer of {offer.digest[:12]} has no url")
+        if self.origin is not None:
+            self.origin.check(offer.url)  # the deployer refused foreign URLs; checked again here
         cancel = threading.Event()
-        wanted = Wanted(offer.url, offer.digest, offer.size)
+        wanted = Wanted(offer.url, offer.digest, offer.size, offer.token)
         thread = threading.Thread(
             target=self._run,
             args=(wanted, cancel),
@@ -90,6 +96,11 @@ class HttpDownloads:
         self._running[offer.digest] = _Running(thread, cancel, cmd_id)
         thread.start()
         return True
+
+    def _verified_client(self) -> httpx.Client:
+        # no redirects: a redirect could lead away from the controller's origin
+        verify = self.origin.verify() if self.origin is not None else True
+        return httpx.Client(follow_redirects=False, verify=verify)
 
     def poll(self) -> list[DownloadUpdate]:
         """Updates queued since the last call, oldest first; finished downloads are forgotten."""

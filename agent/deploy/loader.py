@@ -9,16 +9,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from agent.detect.detector import Detector
-from agent.detect.preprocess import input_shape
 from agent.pipeline.workers import ActiveModel
-from agent.runtimes.base import RuntimeOptions, RuntimePluginError, load_runtime_class
+from agent.runtimes.base import Runtime, RuntimeOptions, RuntimePluginError, load_runtime_class
 from ota.install import InstalledBundle
 from ota.manifest import Variant
 from protocol.events import InstallReason
+
+if TYPE_CHECKING:  # numpy, OpenCV and the detectors load with the first model, not the agent
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,18 @@ def load_model(
     threads: int = 2,
     warmup_frame: np.ndarray | None = None,
     cache_dir: Path | None = None,
+    runtime_class: type[Runtime] | None = None,
 ) -> ActiveModel:
     """Load the chosen variant of the bundle and run one warm-up inference; `cache_dir` is where
-    a runtime that compiles the model (TensorRT) keeps what it built. Raises ModelLoadFailed."""
+    a runtime that compiles the model (TensorRT) keeps what it built; `runtime_class` replaces
+    the in-process plug-in (a runtime worker's proxy). Raises ModelLoadFailed."""
+    import numpy as np
+
+    from agent.detect.detector import Detector
+    from agent.detect.preprocess import input_shape
+
     manifest = installed.manifest
-    runtime_class = load_runtime_class(choice.runtime)
+    runtime_class = runtime_class or load_runtime_class(choice.runtime)
     if runtime_class is None:
         raise ModelLoadFailed(
             InstallReason.NO_RUNTIME, f"{choice.runtime} probed but no longer imports"

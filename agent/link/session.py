@@ -2,15 +2,22 @@
 
 Callbacks run on paho's network thread and only hand work to a queue; the daemon's control
 thread does the work, so a slow install never stalls keep-alives or the frame loop's publishes.
+
+Commands are acknowledged to the broker by hand (paho's `manual_ack`): the control thread calls
+`done(item)` once the command's effect is durable (a deploy offer saved, a config written), so an
+agent killed between receipt and that point gets the command again from its persistent session.
+Bundle chunks are acknowledged on receipt: a lost one is asked for again.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import paho.mqtt.client as mqtt
@@ -36,6 +43,13 @@ class BrokerSettings(BaseModel):
     prefix: str = Field(DEFAULT_PREFIX, description="topic prefix shared with the controller")
     keepalive: Annotated[int, Field(ge=5, le=3600)] = Field(30, description="seconds")
     max_inflight: Annotated[int, Field(ge=1, le=1000)] = Field(20, description="QoS 1 window")
+    ca_file: Path | None = Field(
+        None, description="CA (PEM) of the broker's certificate; set: connect over TLS"
+    )
+    cert_file: Path | None = Field(
+        None, description="client certificate; empty with enrollment: the enrolled one"
+    )
+    key_file: Path | None = Field(None, description="client key; empty: the device key")
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,8 @@ class Inbound:
     kind: str  # "command" | "chunk"
     payload: Any
     digest: str | None = None
+    mid: int = 0  # the broker's message id, acknowledged by `AgentSession.done`
+    connection: int = 0  # which connection it came on: a message id means nothing on another
 
 
 class AgentSession:
@@ -64,11 +80,20 @@ class AgentSession:
         self._last_qos1: mqtt.MQTTMessageInfo | None = None
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"edgefleet-agent-{self.device_id}",
+            client_id=self.device_id,
             clean_session=False,
+            manual_ack=True,
         )
         if broker.username:
             client.username_pw_set(broker.username, broker.password)
+        # our own context, so a renewed certificate can be loaded for the next connection
+        self._tls: ssl.SSLContext | None = None
+        if broker.ca_file is not None:
+            self._tls = ssl.create_default_context(cafile=str(broker.ca_file))
+            if broker.cert_file is not None:
+                key = str(broker.key_file) if broker.key_file else None
+                self._tls.load_cert_chain(str(broker.cert_file), key)
+            client.tls_set_context(self._tls)
         client.will_set(
             self.topics.state(self.device_id),
             encode(State(device=self.device_id, status=DeviceStatus.OFFLINE)),
@@ -86,6 +111,13 @@ class AgentSession:
         # told of every PUBACK (paho message id); the outbox pump deletes what was acknowledged
         self.on_ack: Callable[[int], None] = lambda mid: None
         self.client = client
+
+    def reload_certificate(self, cert_file: Path, key_file: Path) -> None:
+        """Use a renewed client certificate from the next connection on (TLS sessions only)."""
+        if self._tls is None:
+            return
+        self._tls.load_cert_chain(str(cert_file), str(key_file))
+        log.info("event=client_certificate_reloaded cert=%s", cert_file)
 
     @property
     def reconnects(self) -> int:
@@ -132,6 +164,14 @@ class AgentSession:
         """Publish at QoS 1 and return paho's message id; raises ValueError for a bad message."""
         return int(self.publish(topic, payload, qos=1).mid)
 
+    def done(self, item: Inbound) -> None:
+        """Acknowledge a command to the broker once handling made its effect durable.
+
+        A message from an earlier connection is not acknowledged: the broker sends it again on
+        the persistent session, and the command handler drops the repeat by its id."""
+        if item.mid and item.connection == self.connects:
+            self.client.ack(item.mid, 1)
+
     def subscribe_bundle(self, digest: str) -> None:
         with self._lock:
             self._bundle_subs.add(digest)
@@ -171,16 +211,22 @@ class AgentSession:
         self.on_ack(mid)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        chunk_acked = False
         try:
             parsed = self.topics.parse(msg.topic)
             if parsed.digest is not None:
+                self._ack_now(client, msg)  # a lost chunk is asked for again
+                chunk_acked = True
                 item = Inbound("chunk", decode_chunk(msg.payload), digest=parsed.digest)
             else:
                 command: Command = decode_command(msg.payload)
                 if command.device != self.device_id:
                     raise ProtocolError(f"command for {command.device!r} on our topic")
-                item = Inbound("command", command)
+                mid = msg.mid if msg.qos > 0 else 0
+                item = Inbound("command", command, mid=mid, connection=self.connects)
         except ProtocolError as exc:
+            if not chunk_acked:
+                self._ack_now(client, msg)  # redelivering it would not make it valid
             self.rejected += 1
             log.warning(
                 "event=message_rejected code=%s topic=%r error=%r",
@@ -192,5 +238,11 @@ class AgentSession:
         try:
             self.inbox.put_nowait(item)
         except queue.Full:
+            # a command left unacknowledged comes again on the next connection
             self.rejected += 1
             log.error("event=inbox_full dropped=%s", item.kind)
+
+    @staticmethod
+    def _ack_now(client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
+        if msg.qos > 0:
+            client.ack(msg.mid, msg.qos)

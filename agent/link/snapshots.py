@@ -14,12 +14,12 @@ import threading
 import time
 from collections.abc import Callable
 
-import cv2
 import httpx
 
+from agent.link.origin import ControllerOrigin, ForeignOrigin
 from agent.pipeline.snapshots import SnapshotKeeper
 from protocol.codec import encode_snapshot_chunk
-from protocol.messages import Snapshot
+from protocol.messages import TRANSFER_TOKEN_HEADER, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ AckFn = Callable[[str, bool, str, str], None]
 
 def encode_jpeg(frame: object, quality: int) -> bytes:
     """A BGR frame as JPEG bytes; raises ValueError when OpenCV cannot encode it."""
+    import cv2  # loaded on the first snapshot, not with the agent
+
     ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])  # type: ignore[call-overload]
     if not ok:
         raise ValueError("JPEG encoding failed")
@@ -48,6 +50,7 @@ class SnapshotDelivery:
         chunk_bytes: int = SNAPSHOT_CHUNK_BYTES,
         max_waiting: int = 8,
         transport: httpx.BaseTransport | None = None,
+        origin: ControllerOrigin | None = None,
     ) -> None:
         self.keeper = keeper
         self._publish = publish
@@ -55,6 +58,9 @@ class SnapshotDelivery:
         self.upload_timeout_s = upload_timeout_s
         self.chunk_bytes = chunk_bytes
         self._transport = transport
+        # uploads go to the controller's origin only; the agent always hands its own in
+        # (None, for tests of the upload itself: any URL, system CAs)
+        self.origin = origin
         self._queue: queue.Queue[Snapshot | None] = queue.Queue(maxsize=max_waiting)
         self._thread: threading.Thread | None = None
 
@@ -84,6 +90,13 @@ class SnapshotDelivery:
 
     def deliver(self, command: Snapshot) -> tuple[bool, str, str]:
         """Encode and send one snapshot: (ok, result, detail) for the ack."""
+        if command.upload_url and self.origin is not None:
+            try:
+                self.origin.check(command.upload_url)
+            except ForeignOrigin as exc:
+                # refused before a frame is even encoded: nothing of the camera leaves
+                log.warning("event=snapshot_upload_refused cmd=%s error=%r", command.id, str(exc))
+                return False, "foreign_origin", str(exc)[:4096]
         kept = self.keeper.get(command.camera, command.track_id)
         if kept is None:
             return False, "not_found", f"no frame kept for {command.camera}/{command.track_id}"
@@ -97,18 +110,28 @@ class SnapshotDelivery:
         )
         log.info("event=snapshot camera=%s track=%d %s", command.camera, command.track_id, facts)
         if command.upload_url:
-            return self._upload(command.upload_url, jpeg, facts)
+            return self._upload(command.upload_url, command.upload_token, jpeg, facts)
         total = max(1, -(-len(jpeg) // self.chunk_bytes))
         for index in range(total):
             part = jpeg[index * self.chunk_bytes : (index + 1) * self.chunk_bytes]
             self._publish(encode_snapshot_chunk(command.id, index, total, part))
         return True, "sent", f"chunks={total} {facts}"
 
-    def _upload(self, url: str, jpeg: bytes, facts: str) -> tuple[bool, str, str]:
+    def _upload(
+        self, url: str, token: str | None, jpeg: bytes, facts: str
+    ) -> tuple[bool, str, str]:
         timeout = httpx.Timeout(self.upload_timeout_s, connect=min(5.0, self.upload_timeout_s))
         try:
-            with httpx.Client(timeout=timeout, transport=self._transport) as client:
-                response = client.post(url, content=jpeg, headers={"content-type": "image/jpeg"})
+            with httpx.Client(
+                timeout=timeout,
+                transport=self._transport,
+                verify=self.origin.verify() if self.origin is not None else True,
+                follow_redirects=False,
+            ) as client:
+                headers = {"content-type": "image/jpeg"}
+                if token is not None:
+                    headers[TRANSFER_TOKEN_HEADER] = token
+                response = client.post(url, content=jpeg, headers=headers)
         except httpx.HTTPError as exc:
             return False, "upload_failed", f"{type(exc).__name__}: {exc}"[:4096]
         if response.is_success:

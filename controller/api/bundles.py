@@ -8,6 +8,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from controller.api.models import BundleOut
+from controller.api.security import DEVICE, device_or_viewer
+from controller.auth.transfer import TransferPurpose
 from controller.bundles.repository import BundleRepository, TrustStoreUnavailable
 from ota.errors import BundleRefused
 
@@ -49,9 +51,11 @@ def bundles_router(bundles: BundleRepository, max_upload_bytes: int) -> APIRoute
             raise HTTPException(404, f"no bundle {digest!r}")
         return BundleOut.of(info)
 
-    @router.get("/api/bundles/{digest}/file", response_class=FileResponse)
-    def bundle_file(digest: str) -> FileResponse:
+    # device-facing: an agent shows the token of its deploy offer; an operator a viewer login
+    @router.get("/api/bundles/{digest}/file", response_class=FileResponse, tags=[DEVICE])
+    def bundle_file(digest: str, request: Request) -> FileResponse:
         """The bundle's bytes; honours Range requests, so downloads can resume."""
+        device_or_viewer(request, TransferPurpose.BUNDLE_FILE, digest)
         if bundles.get(digest) is None:
             raise HTTPException(404, f"no bundle {digest!r}")
         return FileResponse(bundles.path(digest), media_type="application/x-tar")

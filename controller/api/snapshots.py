@@ -1,7 +1,8 @@
 """Routes for snapshots: ask a device for a track's best frame, take its JPEG upload, serve it.
 
-The upload is open to agents (they hold no API credentials), so it is accepted once, only for
-an id this controller made and still waits for, and only as a JPEG under the size cap.
+The upload is device-facing: the agent shows the token its Snapshot command carried (bound to
+the snapshot id), and it is accepted once, only for an id this controller made and still waits
+for, and only as a JPEG under the size cap.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from controller.api.models import SnapshotIn, SnapshotOut
+from controller.api.security import DEVICE, device_grant
+from controller.auth.transfer import TransferPurpose
 from controller.fleet.deployments import UnknownDevice
 from controller.fleet.snapshots import NoUploadUrl, SnapshotRefused, SnapshotRequests, SnapshotStore
 from controller.mqtt.session import PublishError
@@ -37,6 +40,15 @@ def snapshots_router(requests: SnapshotRequests, store: SnapshotStore) -> APIRou
         return SnapshotOut(snapshot_id=asked.snapshot_id, cmd_id=asked.cmd_id, url=asked.url)
 
     async def upload(snapshot_id: SnapshotId, request: Request) -> dict[str, int]:
+        # who, which id and how big are settled before a byte of the body is read
+        device_grant(request, TransferPurpose.SNAPSHOT_UPLOAD, snapshot_id)
+        if store.jpeg(snapshot_id) is not None:
+            raise HTTPException(409, "snapshot already uploaded")
+        if not store.pending(snapshot_id):
+            raise HTTPException(404, "no snapshot pending under this id")
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > store.max_bytes:
+            raise HTTPException(413, f"snapshot larger than {store.max_bytes} bytes")
         data = bytearray()
         async for block in request.stream():
             data += block
@@ -48,9 +60,17 @@ def snapshots_router(requests: SnapshotRequests, store: SnapshotStore) -> APIRou
             raise HTTPException(exc.status, exc.detail) from None
         return {"bytes": len(data)}
 
-    router.add_api_route(
-        "/api/snapshots/{snapshot_id}", upload, methods=["POST", "PUT"], status_code=201
-    )
+    # device-facing: the agent shows the token the Snapshot command carried; one operation
+    # per method, so the API schema names each once
+    for method in ("POST", "PUT"):
+        router.add_api_route(
+            "/api/snapshots/{snapshot_id}",
+            upload,
+            methods=[method],
+            status_code=201,
+            tags=[DEVICE],
+            operation_id=f"upload_snapshot_{method.lower()}",
+        )
 
     @router.get("/api/snapshots/{snapshot_id}", response_class=FileResponse)
     def get_snapshot(snapshot_id: SnapshotId) -> FileResponse:

@@ -22,6 +22,7 @@ from controller.cli.client import (
     emit,
     local_time,
     missing_extra,
+    resolve_token,
 )
 from controller.release.inspect import UnreadableBundle, inspect_report
 from controller.release.models import ModelFetchError
@@ -60,7 +61,7 @@ def cmd_bundle_upload(args: argparse.Namespace) -> int:
         print(f"edgefleet: no such file: {path}", file=sys.stderr)
         return EXIT_UNREACHABLE
     headers = {"content-type": "application/octet-stream"}
-    with ApiClient(args.api, timeout=600.0) as api:
+    with ApiClient(args.api, timeout=600.0, token=resolve_token(args.api)) as api:
         answer = api.request("POST", "/api/bundles", content=_blocks(path), headers=headers)
     emit(args, answer, BUNDLE_COLUMNS)
     return EXIT_OK

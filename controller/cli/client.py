@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import httpx
@@ -20,6 +23,8 @@ from rich.table import Table
 
 DEFAULT_API = "http://127.0.0.1:8080"
 EXIT_OK, EXIT_API_ERROR, EXIT_UNREACHABLE = 0, 1, 2
+EXIT_NOT_AUTHENTICATED = 4
+TOKEN_ENV = "EDGEFLEET_TOKEN"  # noqa: S105 - a variable name, not a secret
 # a command whose optional packages are missing cannot run at all, like one without a controller
 EXIT_NOT_INSTALLED = 2
 
@@ -41,6 +46,59 @@ class ApiError(Exception):
             detail = f"{detail['reason']}: {detail.get('detail', '')}"
         super().__init__(f"HTTP {status}: {detail}")
         self.status = status
+
+
+class NotAuthenticated(ApiError):
+    """The controller wants credentials (HTTP 401): none were found, or they are not valid."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(status, detail)
+        self.args = (f"{self.args[0]} (run `edgefleet login`, or set {TOKEN_ENV} to an API token)",)
+
+
+def config_dir() -> Path:
+    """The user's edgefleet config folder ($XDG_CONFIG_HOME/edgefleet or ~/.config/edgefleet)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "edgefleet"
+
+
+def credentials_path() -> Path:
+    return config_dir() / "credentials.json"
+
+
+def _read_credentials(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): str(v) for k, v in data.items() if isinstance(v, str)}
+
+
+def stored_token(api: str, path: Path | None = None) -> str | None:
+    """The token `edgefleet login` stored for the controller at `api`, if any."""
+    return _read_credentials(path or credentials_path()).get(api.rstrip("/"))
+
+
+def store_token(api: str, token: str, path: Path | None = None) -> Path:
+    """Keep `token` for `api` in the credentials file, readable by this user only (0600)."""
+    path = path or credentials_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data = _read_credentials(path)
+    data[api.rstrip("/")] = token
+    partial = path.with_suffix(".tmp")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(data, out, indent=2)
+    os.chmod(partial, 0o600)
+    os.replace(partial, path)
+    return path
+
+
+def resolve_token(api: str) -> str | None:
+    """The API token to send: $EDGEFLEET_TOKEN, else the one stored by `edgefleet login`."""
+    return os.environ.get(TOKEN_ENV) or stored_token(api)
 
 
 class MissingExtra(Exception):
@@ -68,9 +126,18 @@ def missing_extra(command: str, extras: str, error: ModuleNotFoundError) -> NoRe
 class ApiClient:
     """A thin REST client; every transport failure becomes ControllerUnreachable."""
 
-    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 10.0, token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=3))
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # a controller whose API certificate comes from the fleet's own CA: EDGEFLEET_CA_FILE
+        ca_file = os.environ.get("EDGEFLEET_CA_FILE")
+        verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout, connect=3),
+            headers=headers,
+            verify=verify,
+        )
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """The decoded JSON answer. Raises ControllerUnreachable, ApiError."""
@@ -86,7 +153,11 @@ class ApiClient:
                 detail = response.json().get("detail", response.text)
             except ValueError:
                 detail = response.text
+            if response.status_code == 401:
+                raise NotAuthenticated(response.status_code, detail)
             raise ApiError(response.status_code, detail)
+        if response.status_code == 204:
+            return None
         return response.json()
 
     def get(self, path: str, **params: Any) -> Any:
@@ -106,7 +177,7 @@ class ApiClient:
 
 def client(args: argparse.Namespace) -> ApiClient:
     """A client for the controller named by `--api`; close it (or use it in a `with`)."""
-    return ApiClient(args.api)
+    return ApiClient(args.api, token=resolve_token(args.api))
 
 
 def api_get(args: argparse.Namespace, path: str, **params: Any) -> Any:

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
-from controller.cli.client import EXIT_OK, Column, add_api_options, ago, api_get, emit, local_time
+from controller.cli.client import (
+    EXIT_OK,
+    Column,
+    add_api_options,
+    ago,
+    api_get,
+    api_request,
+    emit,
+    local_time,
+)
 
 DEVICE_COLUMNS: list[Column] = [
     ("device", lambda r: r["id"]),
@@ -35,6 +45,54 @@ EVENT_COLUMNS: list[Column] = [
 ]
 
 
+IDENTITY_COLUMNS: list[Column] = [
+    ("device", lambda r: r["device"]),
+    ("status", lambda r: r["status"]),
+    ("key", lambda r: (r["fingerprint"] or "-")[:16]),
+    ("asked", lambda r: ago(r["created"])),
+    ("changed", lambda r: ago(r["updated"])),
+]
+TOKEN_COLUMNS: list[Column] = [
+    ("token", lambda r: r["token"]),
+    ("device", lambda r: r["device"] or "any"),
+    ("expires", lambda r: local_time(r["expires"])),
+]
+
+
+def cmd_pending(args: argparse.Namespace) -> int:
+    status = None if args.all else "pending"
+    emit(args, api_get(args, "/api/enrollment/identities", status=status), IDENTITY_COLUMNS)
+    return EXIT_OK
+
+
+def _decide(action: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        answer = api_request(args, "POST", f"/api/enrollment/{args.device}/{action}")
+        emit(args, {"device": args.device, "action": action, **(answer or {})}, _DONE_COLUMNS)
+        return EXIT_OK
+
+    return run
+
+
+_DONE_COLUMNS: list[Column] = [
+    ("device", lambda r: r["device"]),
+    ("done", lambda r: r["action"]),
+]
+
+
+def cmd_preapprove(args: argparse.Namespace) -> int:
+    body = {"device": args.device, "fingerprint": args.fingerprint}
+    api_request(args, "POST", "/api/enrollment/preapproved", json=body)
+    emit(args, {"device": args.device, "action": "preapprove"}, _DONE_COLUMNS)
+    return EXIT_OK
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    body = {"device": args.device, "ttl_s": args.ttl}
+    emit(args, api_request(args, "POST", "/api/enrollment/tokens", json=body), TOKEN_COLUMNS)
+    return EXIT_OK
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     emit(args, api_get(args, "/api/devices"), DEVICE_COLUMNS)
     return EXIT_OK
@@ -54,9 +112,40 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 def add_devices_parsers(subparsers: Any) -> None:
     """`devices`, `detections` and `events`."""
-    devices = subparsers.add_parser("devices", help="list devices")
+    devices = subparsers.add_parser("devices", help="list devices; enrollment decisions")
     add_api_options(devices)
     devices.set_defaults(func=cmd_devices)
+    decisions = devices.add_subparsers(dest="devices_command", metavar="{pending,approve,...}")
+    pending = decisions.add_parser("pending", help="devices waiting for approval")
+    add_api_options(pending)
+    pending.add_argument("--all", action="store_true", help="every identity, any status")
+    pending.set_defaults(func=cmd_pending)
+    for action, text in (
+        ("approve", "let a pending (or revoked) device get its certificate"),
+        ("reject", "refuse a pending device"),
+        ("revoke", "revoke the device's certificates and cut it off the broker"),
+    ):
+        sub = decisions.add_parser(action, help=text)
+        add_api_options(sub)
+        sub.add_argument("device")
+        sub.set_defaults(func=_decide(action))
+    pre = decisions.add_parser("preapprove", help="let a device enroll without a token")
+    add_api_options(pre)
+    pre.add_argument("device")
+    pre.add_argument("--fingerprint", default=None, help="sha256 of its public key (hex)")
+    pre.set_defaults(func=cmd_preapprove)
+
+    enroll = subparsers.add_parser("enroll", help="device enrollment tokens")
+    tokens = enroll.add_subparsers(dest="enroll_command", required=True).add_parser(
+        "token", help="one-time enrollment tokens"
+    )
+    create = tokens.add_subparsers(dest="token_command", required=True).add_parser(
+        "create", help="a one-time token a device enrolls with (shown once)"
+    )
+    add_api_options(create)
+    create.add_argument("--device", default=None, help="bind the token to this device id")
+    create.add_argument("--ttl", type=int, default=86400, help="seconds it stays valid")
+    create.set_defaults(func=cmd_token_create)
 
     detections = subparsers.add_parser("detections", help="latest detections")
     add_api_options(detections)

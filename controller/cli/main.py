@@ -14,34 +14,48 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from controller.cli.audit import add_audit_parser
+from controller.cli.broker import add_broker_parser
 from controller.cli.bundles import add_bundles_parsers
 from controller.cli.client import (
     DEFAULT_API,
     EXIT_API_ERROR,
+    EXIT_NOT_AUTHENTICATED,
     EXIT_NOT_INSTALLED,
     EXIT_UNREACHABLE,
     ApiError,
     ControllerUnreachable,
     MissingExtra,
+    NotAuthenticated,
 )
 from controller.cli.controller import add_controller_parser
 from controller.cli.demo import add_demo_parser
 from controller.cli.deploy import add_deploy_parsers
 from controller.cli.devices import add_devices_parsers
+from controller.cli.groups import add_groups_parsers
 from controller.cli.keys import add_keys_parser
 from controller.cli.models import add_models_parser
+from controller.cli.rollout import add_rollout_parser
+from controller.cli.sim import add_sim_parser
 from controller.cli.trust import add_trust_parser
+from controller.cli.users import add_users_parsers
 
 # in the order `edgefleet --help` lists them
 REGISTRARS: tuple[Callable[[Any], None], ...] = (
     add_controller_parser,
     add_devices_parsers,
+    add_broker_parser,
     add_bundles_parsers,
     add_deploy_parsers,
+    add_rollout_parser,
+    add_groups_parsers,
     add_demo_parser,
+    add_sim_parser,
     add_keys_parser,
     add_models_parser,
     add_trust_parser,
+    add_users_parsers,
+    add_audit_parser,
 )
 
 
@@ -70,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ControllerUnreachable as exc:
         print(f"edgefleet: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except NotAuthenticated as exc:
+        print(f"edgefleet: {exc}", file=sys.stderr)
+        return EXIT_NOT_AUTHENTICATED
     except ApiError as exc:
         print(f"edgefleet: {exc}", file=sys.stderr)
         return EXIT_API_ERROR

@@ -7,28 +7,44 @@ process, a BlazeFace bundle built and signed here and delivered over MQTT. The c
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from controller.demo.broker import free_port, start_local_broker
+from controller.auth.tokens import issue_token
+from controller.auth.users import Role, create_user
+from controller.demo.broker import (
+    BrokerError,
+    InProcessBroker,
+    MosquittoBroker,
+    free_port,
+    start_local_broker,
+    start_secure_broker,
+)
 from controller.demo.processes import spawn_agent, stop_agent, write_agent_config
 from controller.demo.sample_video import write_sample_video
 from controller.demo.waiting import WaitTimedOut, wait_until
 from controller.release.recipes import example_spec
 from controller.server import Controller
-from controller.settings import ControllerSettings, HttpSettings, MqttSettings
+from controller.settings import (
+    ControllerSettings,
+    EnrollmentSettings,
+    HttpSettings,
+    MqttSettings,
+)
 from ota.build import build_bundle
 from ota.keys import SigningKey
 from ota.trust import TrustStore
 from ota.trust_file import save_trust_store
+from protocol.topics import Topics
 
 DEVICE_ID = "demo-cam-01"
 
@@ -53,17 +69,27 @@ class DemoResult:
         )
 
 
+def _key(path: Path) -> SigningKey:
+    if path.exists():
+        return SigningKey.load(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = SigningKey.generate()
+    key.save(path)
+    return key
+
+
 def _keys(workdir: Path) -> tuple[SigningKey, Path]:
-    key_path = workdir / "keys" / "release.pem"
-    if key_path.exists():
-        key = SigningKey.load(key_path)
-    else:
-        key_path.parent.mkdir(parents=True, exist_ok=True)
-        key = SigningKey.generate()
-        key.save(key_path)
+    """The release key, and a trust store that lists it and the controller's command key."""
+    key = _key(workdir / "keys" / "release" / "release.pem")
+    command = _key(_command_key_path(workdir))
     trust_path = workdir / "keys" / "trust.json"
-    save_trust_store(TrustStore.from_keys([key.public_key()]), trust_path)
+    store = TrustStore.from_keys([key.public_key()], command_keys=[command.public_key()])
+    save_trust_store(store, trust_path)
     return key, trust_path
+
+
+def _command_key_path(workdir: Path) -> Path:
+    return workdir / "keys" / "command" / "command.pem"
 
 
 def run_demo(duration: float, workdir: Path, http_port: int | None = None) -> DemoResult:
@@ -88,38 +114,117 @@ def run_demo(duration: float, workdir: Path, http_port: int | None = None) -> De
     )
     video = write_sample_video(workdir / "sample.avi", fps=10, seconds_per_image=2.0)
 
-    broker = start_local_broker()
+    link = _broker(workdir)
+    broker = link.broker
     port = http_port if http_port is not None else free_port()
     settings = ControllerSettings(
         data_dir=workdir / "controller",
-        mqtt=MqttSettings(port=broker.port, client_id="edgefleet-demo-controller"),
+        mqtt=link.controller_mqtt,
         http=HttpSettings(port=port),
         trust_path=trust_path,
+        command_key_path=_command_key_path(workdir),
+        enrollment=link.enrollment,
     )
     controller = Controller(settings)
     agent: subprocess.Popen[bytes] | None = None
     api = f"http://127.0.0.1:{port}"
     try:
         controller.start()
-        print(f"edgefleet demo: broker on 127.0.0.1:{broker.port}, API at {api}", flush=True)
+        print(f"edgefleet demo: {link.description}, API at {api}", flush=True)
         agent_dir.mkdir(parents=True)
         shutil.copy(trust_path, agent_dir / "trust.json")
         config = {
             "device_id": DEVICE_ID,
             "data_dir": str(agent_dir),
-            "mqtt": {"host": "127.0.0.1", "port": broker.port},
+            "mqtt": link.agent_mqtt(agent_dir),
+            # the agent gets its identity the real way: key made on the device, a one-time
+            # token, a certificate from the controller's CA, which the broker then requires
+            "enrollment": {
+                "url": api,
+                "token": controller.enrollment.create_token(DEVICE_ID, timedelta(hours=1)).token,
+            },
             "cameras": [{"id": "cam0", "source": str(video.path), "loop": True}],
             "health_interval_s": 2.0,
         }
         (workdir / "agent.log").unlink(missing_ok=True)
         agent = spawn_agent(write_agent_config(agent_dir, config), workdir / "agent.log")
-        with httpx.Client(base_url=api, timeout=10.0) as http:
+        token = _demo_admin_token(controller)
+        print(
+            f"edgefleet demo: signed in as the demo's admin; try: EDGEFLEET_TOKEN={token} "
+            f"edgefleet --api {api} devices",
+            flush=True,
+        )
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=api, timeout=10.0, headers=headers) as http:
             return _drive(http, agent, built.path, built.digest, duration, workdir)
     finally:
         if agent is not None:
             stop_agent(agent)
         controller.stop()
         broker.close()
+
+
+@dataclass
+class _BrokerLink:
+    """The demo's broker and how the controller and the agent reach it."""
+
+    broker: MosquittoBroker | InProcessBroker
+    controller_mqtt: MqttSettings
+    enrollment: EnrollmentSettings
+    description: str
+    device_port: int
+    tls: bool
+
+    def agent_mqtt(self, agent_dir: Path) -> dict[str, Any]:
+        if not self.tls:
+            return {"host": "127.0.0.1", "port": self.device_port}
+        # the fleet CA arrives with the certificate at enrollment (agent.link.identity)
+        ca = agent_dir / "identity" / "fleet-ca.pem"
+        return {"host": "localhost", "port": self.device_port, "ca_file": str(ca)}
+
+
+def _broker(workdir: Path) -> _BrokerLink:
+    """mosquitto with the production TLS + ACL configuration on loopback; a plain local broker
+    where mosquitto or its dynamic-security plugin is missing."""
+    pki = workdir / "controller" / "pki"
+    try:
+        broker, end = start_secure_broker(pki, workdir / "broker", Topics().prefix)
+    except BrokerError as exc:
+        print(f"edgefleet demo: no TLS broker ({exc}); using a plain one on loopback", flush=True)
+        plain = start_local_broker()
+        return _BrokerLink(
+            plain,
+            MqttSettings(port=plain.port, client_id="edgefleet-demo-controller"),
+            EnrollmentSettings(pki_dir=pki),
+            f"plain broker on 127.0.0.1:{plain.port}",
+            plain.port,
+            tls=False,
+        )
+    mqtt = MqttSettings(
+        host="localhost",
+        port=end.controller_port,
+        client_id="edgefleet-demo-controller",
+        ca_file=end.fleet_ca,
+        cert_file=end.controller_cert,
+        key_file=end.controller_key,
+    )
+    enrollment = EnrollmentSettings(
+        pki_dir=pki, broker_files_dir=end.files.directory, broker_pid_file=end.pid_file
+    )
+    description = (
+        f"TLS broker on localhost:{end.device_port} (devices, client certificates and ACL) "
+        f"and :{end.controller_port} (controller)"
+    )
+    return _BrokerLink(broker, mqtt, enrollment, description, end.device_port, tls=True)
+
+
+def _demo_admin_token(controller: Controller) -> str:
+    """The demo's own admin (a fresh database each run) and an API token that lasts a day."""
+    with controller.sessions() as db:
+        user = create_user(db, "demo-admin", secrets.token_urlsafe(24), Role.ADMIN)
+        _row, token = issue_token(db, user, "demo", Role.ADMIN, 86400.0)
+        db.commit()
+    return token
 
 
 def _device(http: httpx.Client) -> dict[str, Any] | None:

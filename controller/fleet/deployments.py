@@ -19,14 +19,16 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from controller.auth.transfer import TransferPurpose, TransferTokens
 from controller.bundles.chunks import ChunkServer
 from controller.bundles.repository import BundleInfo, BundleRepository, UnknownBundle
 from controller.db import Bundle, Deployment, Device
 from controller.mqtt.commands import CommandSender
 from controller.mqtt.records import Accepted
 from controller.mqtt.session import PublishError
-from protocol.events import DeploymentStatus, EventKind
-from protocol.messages import Ack, ChunkRange, Deploy, Event
+from ota.transfer import chunk_digests
+from protocol.events import CommandRefusal, DeploymentStatus, EventKind
+from protocol.messages import MAX_CHUNK_DIGESTS, Ack, BundleOffer, ChunkRange, Deploy, Event
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ Transport = Literal["auto", "mqtt", "http"]
 """How a deployment's bytes travel; `auto` picks HTTP for bundles at or over the threshold."""
 
 DEFAULT_HTTP_TRANSFER_BYTES = 8 << 20
+# per-chunk digest lists kept for the bundles deployed most recently
+_DIGEST_CACHE_SIZE = 32
 
 
 class UnknownDevice(LookupError):
@@ -101,6 +105,7 @@ class DeploymentService:
         *,
         public_url: Callable[[], str] | None = None,
         http_transfer_bytes: int = DEFAULT_HTTP_TRANSFER_BYTES,
+        transfer_tokens: TransferTokens | None = None,
     ) -> None:
         self._sessions = sessions
         self._bundles = bundles
@@ -110,7 +115,10 @@ class DeploymentService:
         # a callable, since the API's port is known only once it listens
         self.public_url = public_url
         self.http_transfer_bytes = http_transfer_bytes
+        # signs the per-offer token an agent shows to download over HTTP
+        self._transfer_tokens = transfer_tokens
         self.chunk_requests_refused = 0
+        self._chunk_digests: dict[str, tuple[str, ...]] = {}
 
     def bundle_url(self, info: BundleInfo, transport: Transport) -> str | None:
         """The URL to offer for `info`, or None to send it as MQTT chunks.
@@ -141,7 +149,12 @@ class DeploymentService:
             if row is None:
                 raise UnknownBundle(digest)
             info = BundleInfo.of(row)
-            offer = info.offer(self.bundle_url(info, transport))
+            offer = self._with_chunk_digests(info, info.offer(self.bundle_url(info, transport)))
+            if offer.url is not None and self._transfer_tokens is not None:
+                token = self._transfer_tokens.issue(
+                    TransferPurpose.BUNDLE_FILE, info.digest, device_id
+                )
+                offer = offer.model_copy(update={"token": token})
             command = Deploy(device=device_id, bundle=offer)
             session.add(
                 Deployment(
@@ -176,6 +189,19 @@ class DeploymentService:
             raise UnknownDeployment(command.id)
         return found
 
+    def _with_chunk_digests(self, info: BundleInfo, offer: BundleOffer) -> BundleOffer:
+        """The offer with each chunk's sha256, so an agent drops a forged chunk alone; only
+        for MQTT offers of at most MAX_CHUNK_DIGESTS chunks (the rest are checked whole)."""
+        if offer.url is not None or info.chunks > MAX_CHUNK_DIGESTS:
+            return offer
+        digests = self._chunk_digests.get(info.digest)
+        if digests is None:
+            digests = chunk_digests(self._bundles.path(info.digest), info.chunk_size)
+            if len(self._chunk_digests) >= _DIGEST_CACHE_SIZE:
+                self._chunk_digests.pop(next(iter(self._chunk_digests)))
+            self._chunk_digests[info.digest] = digests
+        return BundleOffer.model_validate({**offer.model_dump(), "chunk_digests": digests})
+
     def list(self, device: str | None = None, limit: int = 100) -> list[DeploymentInfo]:
         query = select(Deployment).order_by(Deployment.created.desc()).limit(limit)
         if device:
@@ -204,11 +230,14 @@ class DeploymentService:
             msg = item.message
             if isinstance(msg, Ack):
                 row = session.scalar(select(Deployment).where(Deployment.cmd_id == msg.cmd_id))
-                if row is not None:
-                    if msg.ok:
-                        _advance(row, DeploymentStatus.ACCEPTED, "", now)
-                    else:
-                        _advance(row, DeploymentStatus.FAILED, msg.detail or msg.result, now)
+                if row is None or _is_replay_answer(msg):
+                    # a "replayed" answer is the device refusing a second copy of a command
+                    # it already handled (a QoS 1 redelivery): the first answer stands
+                    continue
+                if msg.ok:
+                    _advance(row, DeploymentStatus.ACCEPTED, "", now)
+                else:
+                    _advance(row, DeploymentStatus.FAILED, msg.detail or msg.result, now)
             elif isinstance(msg, Event) and msg.bundle:
                 status = _event_status(msg.kind)
                 if status is None:
@@ -232,7 +261,7 @@ class DeploymentService:
             self.chunk_requests_refused += 1
             log.warning("event=chunk_request_refused device=%s bundle=%s", device, digest[:12])
             return
-        self._chunks.request(bundle, [(r.start, r.end) for r in missing])
+        self._chunks.request(bundle, [(r.start, r.end) for r in missing], device=device)
 
 
 def _event_status(kind: str) -> DeploymentStatus | None:
@@ -269,3 +298,7 @@ def _advance(
         row.status = status.value
         row.reason = reason[:1000]
         row.updated = now
+
+
+def _is_replay_answer(ack: Ack) -> bool:
+    return not ack.ok and ack.result == CommandRefusal.REPLAYED.value

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from controller.auth.transfer import TransferPurpose, TransferTokens
 from controller.db import Device
 from controller.fleet.deployments import UnknownDevice
 from controller.mqtt.commands import CommandSender
@@ -115,11 +116,13 @@ class SnapshotRequests:
         sessions: sessionmaker[Session],
         commands: CommandSender,
         public_url: Callable[[], str] | None,
+        transfer_tokens: TransferTokens | None = None,
     ) -> None:
         self._store = store
         self._sessions = sessions
         self._commands = commands
         self._public_url = public_url
+        self._transfer_tokens = transfer_tokens
 
     def request(self, device_id: str, camera: str, track_id: int) -> RequestedSnapshot:
         """Record a pending snapshot and ask the device for it.
@@ -134,7 +137,18 @@ class SnapshotRequests:
         base = self._public_url().rstrip("/")
         snapshot_id = self._store.new()
         url = f"{base}/api/snapshots/{snapshot_id}"
-        command = Snapshot(device=device_id, camera=camera, track_id=track_id, upload_url=url)
+        token = None
+        if self._transfer_tokens is not None:
+            token = self._transfer_tokens.issue(
+                TransferPurpose.SNAPSHOT_UPLOAD, snapshot_id, device_id
+            )
+        command = Snapshot(
+            device=device_id,
+            camera=camera,
+            track_id=track_id,
+            upload_url=url,
+            upload_token=token,
+        )
         self._commands.send(command)
         log.info(
             "event=snapshot_requested device=%s camera=%s track=%d snapshot=%s cmd=%s",

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import text
 
@@ -19,6 +20,7 @@ from ota.keys import SigningKey
 from ota.manifest import InputSpec, PostprocessSpec
 from ota.trust import TrustStore
 from ota.trust_file import save_trust_store
+from tests.controller import operators
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -79,7 +81,7 @@ def make_bundle(tmp_path, release_key) -> Callable[..., BuiltBundle]:
 
 @pytest.fixture
 def controller_settings(
-    tmp_path, mosquitto, db_url, trust_file
+    tmp_path, mosquitto, db_url, trust_file, command_key_file
 ) -> Callable[..., ControllerSettings]:
     """Settings for a controller on this test's broker and database, API on a free port."""
 
@@ -91,6 +93,7 @@ def controller_settings(
             "http": HttpSettings(port=0),
             "ingest": IngestSettings(max_delay_s=0.05),
             "trust_path": trust_file,
+            "command_key_path": command_key_file,
             "chunk_size": 4096,
             "max_inflight": 3,
         }
@@ -109,3 +112,21 @@ def controller(controller_settings) -> Iterator[Controller]:
         yield ctl
     finally:
         ctl.stop()
+
+
+@pytest.fixture
+def api_client(controller) -> Iterator[httpx.Client]:
+    """An httpx client of the started `controller`, signed in as an admin (API token)."""
+    with operators.api_client(controller.api_url, controller.sessions) as client:
+        yield client
+
+
+@pytest.fixture(autouse=True)
+def cli_credentials(request, monkeypatch, tmp_path) -> None:
+    """The CLI reads no credentials of the person running the tests; with a started
+    `controller`, it signs in as an admin through $EDGEFLEET_TOKEN."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "user-config"))
+    monkeypatch.delenv("EDGEFLEET_TOKEN", raising=False)
+    if "controller" in request.fixturenames:
+        ctl = request.getfixturevalue("controller")
+        monkeypatch.setenv("EDGEFLEET_TOKEN", operators.make_token(ctl.sessions))

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import httpx
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
@@ -28,6 +27,7 @@ from ota.trust_file import save_trust_store
 from protocol.codec import decode_agent_message
 from protocol.messages import DetectionBatch, Event, Health, State
 from protocol.topics import Topics
+from tests.controller.operators import api_client
 
 FLEET_DEVICE = "kill-cam-01"
 
@@ -117,7 +117,9 @@ def slot_files_intact(bundle: InstalledBundle) -> bool:
 class KillFleet:
     """One controller and one agent that tests start, kill and start again."""
 
-    def __init__(self, tmp_path: Path, broker_port: int, trust: TrustStore) -> None:
+    def __init__(
+        self, tmp_path: Path, broker_port: int, trust: TrustStore, command_key: Path
+    ) -> None:
         self.tmp_path = tmp_path
         self.trust = trust
         settings = ControllerSettings(
@@ -125,11 +127,12 @@ class KillFleet:
             mqtt=MqttSettings(port=broker_port, client_id="kill-controller"),
             http=HttpSettings(port=0),
             trust_path=self._save_trust(tmp_path / "controller-trust.json"),
+            command_key_path=command_key,
             # small chunks, so a download has enough of them to be cut in the middle
             chunk_size=16 * 1024,
         )
         self.controller = Controller(settings).start()
-        self.http = httpx.Client(base_url=self.controller.api_url, timeout=10.0)
+        self.http = api_client(self.controller.api_url, self.controller.sessions)
         self.agent_dir = tmp_path / "agent"
         self.agent_dir.mkdir()
         self._save_trust(self.agent_dir / "trust.json")
@@ -207,8 +210,8 @@ class KillFleet:
 
 
 @pytest.fixture
-def kill_fleet(tmp_path, mosquitto, trust, request):
-    fleet = KillFleet(tmp_path, mosquitto.port, trust)
+def kill_fleet(tmp_path, mosquitto, trust, command_key_file, request):
+    fleet = KillFleet(tmp_path, mosquitto.port, trust, command_key_file)
     try:
         yield fleet
     finally:

@@ -7,7 +7,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -20,6 +19,7 @@ from controller.settings import ControllerSettings, HttpSettings, MqttSettings
 from ota.keys import SigningKey
 from ota.trust import TrustStore
 from ota.trust_file import save_trust_store
+from tests.controller.operators import api_client
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +35,7 @@ def iou(a, b):
 
 
 @pytest.fixture
-def fleet(tmp_path, mosquitto, release_key):
+def fleet(tmp_path, mosquitto, release_key, command_key, command_key_file):
     """Controller + agent process on the test's own mosquitto.
 
     The controller trusts the fleet's release key and a second key; the device trusts only the
@@ -52,12 +52,16 @@ def fleet(tmp_path, mosquitto, release_key):
         mqtt=MqttSettings(port=mosquitto.port, client_id="e2e-controller"),
         http=HttpSettings(port=0),
         trust_path=controller_trust,
+        command_key_path=command_key_file,
     )
     controller = Controller(settings).start()
 
     agent_dir = tmp_path / "agent"
     agent_dir.mkdir()
-    save_trust_store(TrustStore.from_keys([release_key.public_key()]), agent_dir / "trust.json")
+    device_trust = TrustStore.from_keys(
+        [release_key.public_key()], command_keys=[command_key.public_key()]
+    )
+    save_trust_store(device_trust, agent_dir / "trust.json")
     video = write_sample_video(
         tmp_path / "astronaut.avi",
         fps=10,
@@ -74,7 +78,7 @@ def fleet(tmp_path, mosquitto, release_key):
         "chunk_request_timeout_s": 2.0,
     }
     agent = spawn_agent(write_agent_config(agent_dir, config), tmp_path / "agent.log")
-    http = httpx.Client(base_url=controller.api_url, timeout=10.0)
+    http = api_client(controller.api_url, controller.sessions)
     try:
         yield type(
             "Fleet",
@@ -210,13 +214,14 @@ def test_garbage_on_agent_topics_is_counted_and_does_not_stop_the_controller(fle
         )
 
     wait_until("garbage counted", lambda: rejected_total() >= len(garbage) - 1, 30)
+
     # the ingest keeps storing real messages: the agent's health keeps arriving
-    count = len(http.get(f"/api/health/{DEVICE}", params={"limit": 1000}).json())
-    wait_until(
-        "health after garbage",
-        lambda: len(http.get(f"/api/health/{DEVICE}", params={"limit": 1000}).json()) > count,
-        30,
-    )
+    def newest_health() -> float:
+        rows = http.get(f"/api/health/{DEVICE}", params={"limit": 1}).json()
+        return float(rows[0]["ts"]) if rows else 0.0
+
+    before = newest_health()
+    wait_until("health after garbage", lambda: newest_health() > before, 30)
     assert fleet.agent.poll() is None
 
 

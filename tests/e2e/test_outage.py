@@ -49,13 +49,14 @@ def stored_ids(controller: Controller) -> tuple[list[str], set[str]]:
 
 
 def test_outage_and_sigkill_lose_nothing_and_duplicate_nothing(
-    tmp_path, mosquitto, build_blazeface, trust
+    tmp_path, mosquitto, build_blazeface, trust, command_key_file
 ):
     controller = Controller(
         ControllerSettings(
             data_dir=tmp_path / "controller",
             mqtt=MqttSettings(port=mosquitto.port, client_id="outage-controller"),
             http=HttpSettings(port=0),
+            command_key_path=command_key_file,
         )
     ).start()
     agent_dir = tmp_path / "agent"

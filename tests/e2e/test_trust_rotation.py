@@ -23,6 +23,7 @@ from ota.keys import SigningKey
 from ota.manifest import InputSpec, PostprocessSpec
 from ota.trust import TrustStore
 from ota.trust_file import load_trust_store, save_trust_store
+from tests.controller.operators import api_client, make_token
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +47,7 @@ def signed_bundle(tmp_path: Path, key: SigningKey) -> Path:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, mosquitto):
+def fleet(tmp_path: Path, mosquitto, monkeypatch):
     """A keys folder at root v1, a controller, and an agent process whose trust is root v1.
 
     The controller checks uploads against a plain store of the first release key, so a bundle
@@ -55,7 +56,7 @@ def fleet(tmp_path: Path, mosquitto):
     keys = tmp_path / "keys"
     assert edgefleet(["keys", "init", "--dir", str(keys)]) == 0
     controller_trust = tmp_path / "controller-trust.json"
-    first_release = SigningKey.load(keys / "release-1.pem")
+    first_release = SigningKey.load(keys / "release" / "release-1.pem")
     save_trust_store(TrustStore.from_keys([first_release.public_key()]), controller_trust)
     controller = Controller(
         ControllerSettings(
@@ -63,6 +64,7 @@ def fleet(tmp_path: Path, mosquitto):
             mqtt=MqttSettings(port=mosquitto.port, client_id="e2e-trust-controller"),
             http=HttpSettings(port=0),
             trust_path=controller_trust,
+            command_key_path=keys / "command" / "command-1.pem",
         )
     ).start()
     agent_dir = tmp_path / "agent"
@@ -75,7 +77,9 @@ def fleet(tmp_path: Path, mosquitto):
         "health_interval_s": 1.0,
     }
     agent = spawn_agent(write_agent_config(agent_dir, config), tmp_path / "agent.log")
-    http = httpx.Client(base_url=controller.api_url, timeout=10.0)
+    http = api_client(controller.api_url, controller.sessions)
+    # `edgefleet trust push` signs in with the token in the environment, as an operator would
+    monkeypatch.setenv("EDGEFLEET_TOKEN", make_token(controller.sessions, "operator"))
     try:
         yield keys, agent_dir / "trust.json", controller, http
     finally:
@@ -102,7 +106,7 @@ def push(api: str, *roots: Path, capsys) -> str:
 def test_root_rotation_pushed_over_mqtt_revokes_a_release_key(fleet, tmp_path, capsys):
     keys, device_trust, controller, http = fleet
     wait_until("the device to register", lambda: http.get("/api/devices").json())
-    old_release = SigningKey.load(keys / "release-1.pem")
+    old_release = SigningKey.load(keys / "release" / "release-1.pem")
     assert edgefleet(["keys", "add-release", "--dir", str(keys)]) == 0
     assert edgefleet(["keys", "revoke-release", "--dir", str(keys), old_release.keyid]) == 0
     assert edgefleet(["keys", "rotate-root", "--dir", str(keys)]) == 0

@@ -21,12 +21,12 @@ from protocol.events import EventKind
 from protocol.messages import Box, CameraHealth, Detection, DetectionBatch, Event, Health
 from protocol.topics import Topics
 from tests.controller.fake_agents import FakeAgent
+from tests.controller.operators import auth_headers
 
 
 @pytest.fixture
-def http(controller):
-    with httpx.Client(base_url=controller.api_url, timeout=10) as client:
-        yield client
+def http(api_client):
+    return api_client
 
 
 @pytest.fixture
@@ -175,7 +175,8 @@ def test_app_from_parts_without_trust_store_or_broker(tmp_path, db_url, make_bun
         100_000,
         mqtt_ready=lambda: False,
     )
-    with TestClient(create_app(ctx)) as client:
+    app = create_app(ctx)
+    with TestClient(app, base_url="http://localhost", headers=auth_headers(sessions)) as client:
         upload = client.post("/api/bundles", content=make_bundle().path.read_bytes())
         assert upload.status_code == 503
         assert "no usable trust store" in upload.json()["detail"]

@@ -145,7 +145,19 @@ def test_controller_run_serves_until_sigterm(tmp_path, mosquitto, db_url):
 def test_settings_from_file_env_wins_and_unknown_keys_are_refused(tmp_path, monkeypatch):
     config = tmp_path / "c.json"
     config.write_text(
-        json.dumps({"mqtt": {"host": "broker.local", "port": 1884}, "max_inflight": 7})
+        json.dumps(
+            {
+                "mqtt": {
+                    "host": "broker.local",
+                    "port": 1884,
+                    # beyond loopback the broker is reached over TLS only
+                    "ca_file": "ca.pem",
+                    "cert_file": "controller.pem",
+                    "key_file": "controller.key",
+                },
+                "max_inflight": 7,
+            }
+        )
     )
     monkeypatch.setenv("EDGEFLEET_MQTT__PORT", "1999")
     settings = load_settings(config)

@@ -17,7 +17,7 @@ from controller.fleet.deployments import UnknownDevice
 from controller.mqtt.session import Publisher
 from controller.server import Controller
 from controller.settings import MqttSettings
-from protocol.events import EventKind
+from protocol.events import CommandRefusal, EventKind
 from protocol.messages import Ack, Deploy, Event
 from tests.controller.fake_agents import FakeAgent
 
@@ -146,6 +146,23 @@ def test_deployment_status_follows_acks_and_events(controller, agents, make_bund
     assert controller.deployer.get_by_cmd(second).reason == "disk full"
     listed = controller.deployer.list(device="cam-a")
     assert [d.cmd_id for d in listed] == [second, cmd]
+
+
+def test_a_replayed_answer_to_a_redelivered_deploy_changes_nothing(controller, agents, make_bundle):
+    agent = enrolled(controller, agents("cam-a"))
+    bundle = controller.bundles.add_file(make_bundle().path)
+    cmd = controller.deployer.deploy("cam-a", bundle.digest).cmd_id
+    agent.next_command()
+    agent.send(Ack(device="cam-a", cmd_id=cmd, ok=True, result="accepted"), "ack")
+    wait_until("accepted", lambda: status_of(controller, cmd) == "accepted")
+    # the broker delivered the deploy again; the device's replay guard refuses the copy
+    replayed = CommandRefusal.REPLAYED.value
+    agent.send(Ack(device="cam-a", cmd_id=cmd, ok=False, result=replayed), "ack")
+    agent.send(
+        Event(device="cam-a", kind=EventKind.RUNNING, bundle=bundle.digest, cmd_id=cmd), "evt"
+    )
+    wait_until("running", lambda: status_of(controller, cmd) == "running")
+    assert controller.deployer.get_by_cmd(cmd).reason == ""
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

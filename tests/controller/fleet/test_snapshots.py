@@ -9,12 +9,15 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from controller.api.security import AuthContext
 from controller.api.snapshots import snapshots_router
+from controller.auth.transfer import TransferTokens
 from controller.db import Device, make_engine, session_factory, upgrade_database
 from controller.fleet.snapshots import SnapshotRefused, SnapshotRequests, SnapshotStore
 from controller.mqtt.commands import CommandSender
+from controller.settings import AuthSettings
 from protocol.codec import decode_command
-from protocol.messages import Snapshot
+from protocol.messages import TRANSFER_TOKEN_HEADER, Snapshot
 from protocol.topics import Topics
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 100 + b"\xff\xd9"
@@ -39,13 +42,17 @@ def api(tmp_path, db_url):
         session.add(Device(id="cam-a", first_seen=time.time(), last_seen=time.time()))
     recorder = Recorder()
     store = SnapshotStore(tmp_path / "snapshots", max_bytes=4096)
+    tokens = TransferTokens(os.urandom(32))
     requests = SnapshotRequests(
         store,
         sessions,
         CommandSender(recorder, Topics()),
         lambda: "http://controller.test:8080/",
+        tokens,
     )
     app = FastAPI()
+    # the uploads check the transfer token the command carried (operators are not involved)
+    app.state.auth = AuthContext(sessions, AuthSettings(), tokens)
     app.include_router(snapshots_router(requests, store))
     with TestClient(app) as client:
         yield client, recorder.sent, store
@@ -64,33 +71,49 @@ def test_a_request_sends_the_command_and_the_uploaded_jpeg_is_served(api):
     assert isinstance(command, Snapshot) and command.id == body["cmd_id"]
     assert (command.camera, command.track_id) == ("cam0", 4)
     assert command.upload_url == f"http://controller.test:8080/api/snapshots/{snapshot_id}"
+    device = {TRANSFER_TOKEN_HEADER: command.upload_token}
 
     assert client.get(f"/api/snapshots/{snapshot_id}").json()["detail"] == (
         "snapshot not uploaded yet"
     )
-    assert client.put(f"/api/snapshots/{snapshot_id}", content=JPEG).status_code == 201
+    assert client.put(f"/api/snapshots/{snapshot_id}", content=JPEG).status_code == 401
+    assert (
+        client.put(f"/api/snapshots/{snapshot_id}", content=JPEG, headers=device).status_code == 201
+    )
     served = client.get(f"/api/snapshots/{snapshot_id}")
     assert served.status_code == 200
     assert served.headers["content-type"] == "image/jpeg" and served.content == JPEG
     assert sorted(p.name for p in store.root.iterdir()) == [f"{snapshot_id}.jpg"]
     # once only
-    assert client.post(f"/api/snapshots/{snapshot_id}", content=JPEG).status_code == 409
+    assert (
+        client.post(f"/api/snapshots/{snapshot_id}", content=JPEG, headers=device).status_code
+        == 409
+    )
 
 
 def test_uploads_that_are_not_asked_for_too_big_or_not_jpeg_are_refused(api):
-    client, _, store = api
+    client, sent, store = api
     snapshot_id = client.post(
         "/api/devices/cam-a/snapshot", json={"camera": "cam0", "track_id": 1}
     ).json()["snapshot_id"]
-    assert client.post(f"/api/snapshots/{snapshot_id}", content=b"GIF89a...").status_code == 415
-    assert client.post(f"/api/snapshots/{snapshot_id}", content=b"").status_code == 415
+    command = decode_command(sent[-1][1])
+    assert isinstance(command, Snapshot)
+    device = {TRANSFER_TOKEN_HEADER: command.upload_token or ""}
+    url = f"/api/snapshots/{snapshot_id}"
+    assert client.post(url, content=b"GIF89a...", headers=device).status_code == 415
+    assert client.post(url, content=b"", headers=device).status_code == 415
     too_big = JPEG + b"\x00" * 5000
-    assert client.post(f"/api/snapshots/{snapshot_id}", content=too_big).status_code == 413
+    assert client.post(url, content=too_big, headers=device).status_code == 413
     never_asked = "0" * 32
-    assert client.post(f"/api/snapshots/{never_asked}", content=JPEG).status_code == 404
+    # the token is bound to its snapshot id: it opens no other
+    assert (
+        client.post(f"/api/snapshots/{never_asked}", content=JPEG, headers=device).status_code
+        == 401
+    )
     # ids are the controller's own hex; anything else never reaches the file system
     for bad in ("..%2F..%2Fetc%2Fpasswd", "ABC", "x" * 32):
-        assert client.post(f"/api/snapshots/{bad}", content=JPEG).status_code in (404, 422)
+        refused = client.post(f"/api/snapshots/{bad}", content=JPEG, headers=device)
+        assert refused.status_code in (401, 404, 422)
         assert client.get(f"/api/snapshots/{bad}").status_code in (404, 422)
     assert sorted(p.suffix for p in store.root.iterdir()) == [".pending"]
 

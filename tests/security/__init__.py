@@ -1,0 +1,1 @@
+"""Attack tests: each case is one thing an attacker tries, refused with its reason."""
