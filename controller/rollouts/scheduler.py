@@ -53,6 +53,7 @@ class LeaderLock:
         self._key = key
         self._conn: Connection | None = None
         self._lock = threading.Lock()
+        self._closed = False
 
     @property
     def shared(self) -> bool:
@@ -61,8 +62,10 @@ class LeaderLock:
     def try_acquire(self) -> bool:
         """True when this process leads now (acquiring the lock if it can)."""
         if not self.shared:
-            return True
+            return not self._closed
         with self._lock:
+            if self._closed:
+                return False
             if self._conn is not None:
                 if self._alive(self._conn):
                     return True
@@ -82,6 +85,18 @@ class LeaderLock:
                 conn.close()
             return got
 
+    def held(self) -> bool:
+        """True while this process still holds the lock; never acquires it."""
+        if not self.shared:
+            return not self._closed
+        with self._lock:
+            if self._closed or self._conn is None:
+                return False
+            if self._alive(self._conn):
+                return True
+            self._drop()
+            return False
+
     def _alive(self, conn: Connection) -> bool:
         try:
             conn.execute(text("SELECT 1"))
@@ -100,8 +115,10 @@ class LeaderLock:
                 log.debug("event=leader_connection_close_failed")
             self._conn = None
 
-    def release(self) -> None:
+    def release(self, *, close: bool = False) -> None:
+        """Give the lock up; with `close`, never take it again (a stopped scheduler)."""
         with self._lock:
+            self._closed = self._closed or close
             if self._conn is None:
                 return
             try:
@@ -142,21 +159,23 @@ class RolloutScheduler:
 
     def start(self) -> RolloutScheduler:
         self._stop.clear()
+        self.lock = LeaderLock(self._engine)
         self._thread = threading.Thread(target=self._elect, name="rollout-leader", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
+        # closed first: an election or a job still under way can no longer take the lock
+        self.lock.release(close=True)
         if self._thread is not None:
-            self._thread.join(10)
+            self._thread.join(30)
             self._thread = None
         self._step_down()
-        self.lock.release()
 
     def run(self, job: str) -> None:
-        """Run one job now, if this replica still leads."""
-        if not self.lock.try_acquire():
+        """Run one job now, if this replica still leads (only the election takes the lock)."""
+        if not self.lock.held():
             # the election thread steps down; a job thread must not stop its own scheduler
             log.warning("event=job_skipped_not_leader job=%s", job)
             return
@@ -173,11 +192,13 @@ class RolloutScheduler:
             except Exception:  # the database is unreachable: not leading, try again
                 log.exception("event=leader_election_failed")
                 leads = False
-            if leads and self._scheduler is None:
+            if leads and self._scheduler is None and not self._stop.is_set():
                 self._step_up()
             elif not leads and self._scheduler is not None:
                 self._step_down()
             self._stop.wait(self._leader_retry_s)
+        # a scheduler started while stop() was waiting must not outlive it
+        self._step_down()
 
     def _step_up(self) -> None:
         self._owner = uuid.uuid4().hex

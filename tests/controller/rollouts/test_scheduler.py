@@ -114,3 +114,24 @@ def test_on_sqlite_the_single_process_leads(tmp_path):
         assert LeaderLock(engine).try_acquire()
     finally:
         engine.dispose()
+
+
+def test_a_scheduler_stopped_while_it_steps_up_leaves_no_lock_or_job_behind(postgres_url):
+    upgrade_database(postgres_url)
+    engine = make_engine(postgres_url)
+    ticks = Counter()
+    try:
+        # stopped at once, many times: whatever point the election reached, nothing outlives stop
+        for _ in range(5):
+            scheduler = RolloutScheduler(engine, ticks, tick_s=0.05, leader_retry_s=0.05).start()
+            time.sleep(0.02)
+            scheduler.stop()
+            assert not scheduler.lock.try_acquire(), "a stopped scheduler never leads again"
+        after = ticks.count
+        time.sleep(0.3)
+        assert ticks.count == after, "a stopped scheduler runs nothing"
+        other = LeaderLock(engine)
+        assert other.try_acquire(), "the lock was left held"
+        other.release(close=True)
+    finally:
+        engine.dispose()
