@@ -107,8 +107,10 @@ def controller_settings(
 def controller(controller_settings) -> Iterator[Controller]:
     """A started controller with the default test settings."""
     ctl = Controller(controller_settings()).start()
-    assert ctl.ingest.wait_ready(5) and ctl.publisher.wait_ready(5)
     try:
+        # inside the try: a controller that fails this check is still stopped (its scheduler
+        # would otherwise keep the database's leader lock for the rest of the run)
+        assert ctl.ingest.wait_ready(15) and ctl.publisher.wait_ready(15)
         yield ctl
     finally:
         ctl.stop()

@@ -42,10 +42,10 @@ def ctl(tmp_path, mosquitto) -> Iterator[Controller]:
         http=HttpSettings(port=0),
     )
     controller = Controller(settings).start()
-    now = time.time()
-    with controller.sessions.begin() as db:
-        db.add(Device(id=DEVICE, online=True, first_seen=now, last_seen=now))
     try:
+        now = time.time()
+        with controller.sessions.begin() as db:
+            db.add(Device(id=DEVICE, online=True, first_seen=now, last_seen=now))
         yield controller
     finally:
         controller.stop()

@@ -89,8 +89,10 @@ class AnsweringAgent:
 def controller(controller_settings):
     """A controller whose scheduler ticks rollouts quickly."""
     ctl = Controller(controller_settings(rollouts=FAST_ROLLOUTS)).start()
-    assert ctl.ingest.wait_ready(5) and ctl.publisher.wait_ready(5)
     try:
+        # inside the try: a controller that fails this check is still stopped (its scheduler
+        # would otherwise keep the database's leader lock for the rest of the run)
+        assert ctl.ingest.wait_ready(15) and ctl.publisher.wait_ready(15)
         yield ctl
     finally:
         ctl.stop()
