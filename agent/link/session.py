@@ -148,6 +148,10 @@ class AgentSession:
                 log.warning("event=offline_state_not_sent")
         self.client.disconnect()
         self.client.loop_stop()
+        # paho keeps its loop's wake-up socket pair open until the client is collected
+        reset = getattr(self.client, "_reset_sockets", None)
+        if callable(reset):
+            reset()
 
     def publish_state(self) -> None:
         self.client.publish(

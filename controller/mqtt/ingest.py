@@ -61,7 +61,7 @@ from controller.mqtt.records import (
     write_batch,
 )
 from controller.mqtt.retention import ensure_partitions
-from controller.mqtt.session import mqtt_client
+from controller.mqtt.session import close_client, mqtt_client
 from controller.settings import IngestSettings, MqttSettings
 from protocol.codec import decode_agent_message
 from protocol.errors import ProtocolError
@@ -343,8 +343,7 @@ class Ingest:
                 self._abandon.set()
                 self._writer.join(5.0)
         for client in self._clients:
-            client.disconnect()
-            client.loop_stop()
+            close_client(client)
 
     # -- writer thread --
 

@@ -14,6 +14,20 @@ from controller.settings import MqttSettings
 log = logging.getLogger(__name__)
 
 
+def close_client(client: mqtt.Client) -> None:
+    """Disconnect, stop the network thread and close every socket the client holds.
+
+    paho keeps the socket pair that wakes its loop thread open after `loop_stop()` until the
+    client is garbage collected; a controller has nine clients, so each start and stop would
+    otherwise leave 18 descriptors behind (and paho's select() fails past descriptor 1023).
+    """
+    client.disconnect()
+    client.loop_stop()
+    reset = getattr(client, "_reset_sockets", None)
+    if callable(reset):
+        reset()
+
+
 def mqtt_client(
     settings: MqttSettings, client_id: str, *, persistent: bool, manual_ack: bool = False
 ) -> mqtt.Client:
@@ -84,8 +98,7 @@ class Publisher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._client.disconnect()
-        self._client.loop_stop()
+        close_client(self._client)
 
     def _on_connect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:

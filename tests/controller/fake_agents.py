@@ -11,6 +11,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel
 
+from controller.mqtt.session import close_client
 from protocol.codec import Chunk, decode_chunk, decode_command, encode
 from protocol.events import DeviceStatus, EventKind
 from protocol.messages import ChunkRange, Command, Event, State
@@ -85,8 +86,7 @@ class FakeAgent:
         return [self.chunks.get(timeout=timeout) for _ in range(count)]
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        close_client(self.client)
 
     def crash(self) -> None:
         """Drop the connection without DISCONNECT, so the broker sends the Last Will."""
