@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 
 import pytest
 from sqlalchemy import func, select
@@ -15,13 +14,8 @@ from controller.db import (
     Device,
     EventRow,
     HealthRow,
-    make_engine,
-    session_factory,
-    upgrade_database,
 )
 from controller.demo.waiting import wait_until
-from controller.mqtt.ingest import Ingest
-from controller.settings import IngestSettings, MqttSettings
 from protocol.codec import encode
 from protocol.events import DeviceStatus, EventKind
 from protocol.messages import (
@@ -39,32 +33,6 @@ from protocol.messages import (
 from tests.controller.fake_agents import FakeAgent
 
 DIGEST = "ab" * 32
-
-
-@pytest.fixture
-def sessions(db_url):
-    upgrade_database(db_url)
-    engine = make_engine(db_url)
-    yield session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def start_ingest(mosquitto, sessions):
-    started: list[Ingest] = []
-    client_id = f"ingest-{uuid.uuid4().hex[:8]}"
-
-    def start(hooks=(), **ingest) -> Ingest:
-        settings = IngestSettings(**{"max_delay_s": 0.05, **ingest})
-        mqtt = MqttSettings(port=mosquitto.port, client_id=client_id)
-        one = Ingest(mqtt, settings, sessions, hooks=hooks).start()
-        assert one.wait_ready(5)
-        started.append(one)
-        return one
-
-    yield start
-    for one in started:
-        one.stop(timeout=2)
 
 
 @pytest.fixture

@@ -19,13 +19,9 @@ from controller.db import (
     EventRow,
     HealthRollup,
     HealthRow,
-    make_engine,
-    session_factory,
-    upgrade_database,
 )
 from controller.demo.waiting import wait_until
-from controller.mqtt.ingest import DEFAULT_SHARE_GROUP, Ingest
-from controller.settings import IngestSettings, MqttSettings
+from controller.mqtt.ingest import DEFAULT_SHARE_GROUP
 from protocol.events import EventKind
 from protocol.messages import (
     Ack,
@@ -39,32 +35,6 @@ from protocol.messages import (
 from tests.controller.fake_agents import FakeAgent
 
 DIGEST = "cd" * 32
-
-
-@pytest.fixture
-def sessions(db_url):
-    upgrade_database(db_url)
-    engine = make_engine(db_url)
-    yield session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def start_ingest(mosquitto, sessions):
-    started: list[Ingest] = []
-    client_id = f"ingest-{uuid.uuid4().hex[:8]}"
-
-    def start(**ingest) -> Ingest:
-        settings = IngestSettings(**{"max_delay_s": 0.05, **ingest})
-        mqtt = MqttSettings(port=mosquitto.port, client_id=client_id)
-        one = Ingest(mqtt, settings, sessions).start()
-        assert one.wait_ready(5)
-        started.append(one)
-        return one
-
-    yield start
-    for one in started:
-        one.stop(timeout=2)
 
 
 @pytest.fixture
