@@ -62,6 +62,8 @@ class Device(Base):
     agent_version: Mapped[str] = mapped_column(String(256), default="")
     runtimes: Mapped[list[Any]] = mapped_column(default=list)
     cameras: Mapped[list[Any]] = mapped_column(default=list)
+    # what the device's own settings say; operators' tags are in the rollouts' inventory
+    declared_tags: Mapped[list[Any]] = mapped_column(default=list, server_default=text("'[]'"))
     active_name: Mapped[str | None] = mapped_column(String(64))
     active_version: Mapped[int | None] = mapped_column(Integer)
     active_digest: Mapped[str | None] = mapped_column(String(64))

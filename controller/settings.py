@@ -7,7 +7,7 @@ import json
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -316,6 +316,11 @@ class ControllerSettings(BaseSettings):
     )
     rollouts: RolloutSettings = Field(
         default_factory=RolloutSettings, description="rollout engine and scheduler"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="log lines as `ts=… level=… logger=… message` text or one JSON object each, "
+        "third-party libraries' lines included (env EDGEFLEET_LOG_FORMAT)",
     )
 
     def resolved_database_url(self) -> str:

@@ -106,6 +106,8 @@ class State(Envelope):
     runtimes: Annotated[tuple[RuntimeInfo, ...], Field(max_length=32)] = ()
     active: ActiveBundle | None = None
     cameras: Annotated[tuple[Ident, ...], Field(max_length=64)] = ()
+    # declared in the agent's settings; operators' tags live on the controller beside them
+    tags: Annotated[tuple[Ident, ...], Field(max_length=32)] = ()
 
 
 class CameraHealth(WireModel):

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from controller.api.params import Db
 from controller.api.rollouts import refuse
+from controller.db import Device
 from controller.mqtt.commands import CommandSender
 from controller.rollouts import inventory
 from controller.rollouts.desired import Reconciler
@@ -44,6 +45,9 @@ class TagsIn(BaseModel):
 class InventoryOut(BaseModel):
     device: str
     tags: list[str]
+    # declared in the device's own settings: they match selectors too, and only the device
+    # changes them
+    declared_tags: list[str]
     decommissioned: bool
 
 
@@ -90,9 +94,11 @@ def _group_out(db: Db, row: DeviceGroup) -> GroupOut:
 
 def _inventory_out(db: Db, device_id: str) -> InventoryOut:
     row = db.get(DeviceInventory, device_id)
+    device = db.get(Device, device_id)
     return InventoryOut(
         device=device_id,
         tags=list(row.tags) if row else [],
+        declared_tags=list(device.declared_tags) if device else [],
         decommissioned=bool(row and row.decommissioned is not None),
     )
 

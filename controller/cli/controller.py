@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from controller.cli.client import EXIT_API_ERROR, EXIT_OK, EXIT_UNREACHABLE, missing_extra
+from protocol.logs import configure_logging
 
 
 def cmd_controller_run(args: argparse.Namespace) -> int:
@@ -24,12 +25,13 @@ def cmd_controller_run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         missing_extra("controller run", "controller", exc)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = load_settings(args.config)
     except (OSError, ValueError, ValidationError) as exc:
         print(f"edgefleet: bad controller settings: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    # one handler for the controller and its libraries (uvicorn, paho, SQLAlchemy, APScheduler)
+    configure_logging(logging.INFO, settings.log_format)
     try:
         Controller(settings).serve_forever()
     except ControllerError as exc:

@@ -17,6 +17,7 @@ GROUP_COLUMNS: list[Column] = [
 INVENTORY_COLUMNS: list[Column] = [
     ("device", lambda r: r["device"]),
     ("tags", lambda r: ",".join(r["tags"]) or "-"),
+    ("declared", lambda r: ",".join(r.get("declared_tags", [])) or "-"),
     ("decommissioned", lambda r: "yes" if r["decommissioned"] else "no"),
 ]
 TARGET_COLUMNS: list[Column] = [

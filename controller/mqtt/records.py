@@ -79,6 +79,7 @@ def _state_values(state: State, now: float) -> dict[str, Any]:
         agent_version=state.agent_version,
         runtimes=[r.model_dump(mode="json") for r in state.runtimes],
         cameras=list(state.cameras),
+        declared_tags=sorted(set(state.tags)),
         active_name=active.name if active else None,
         active_version=active.version if active else None,
         active_digest=active.digest if active else None,

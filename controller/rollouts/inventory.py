@@ -117,7 +117,8 @@ def device_views(session: Session) -> list[DeviceView]:
                 agent_version=dev.agent_version,
                 runtimes=runtimes,
                 active_digest=dev.active_digest,
-                tags=tuple(inv.tags) if inv else (),
+                # the union: a selector on a tag matches whoever set it, device or operator
+                tags=tuple(sorted({*(inv.tags if inv else ()), *dev.declared_tags})),
                 decommissioned=bool(inv and inv.decommissioned is not None),
             )
         )

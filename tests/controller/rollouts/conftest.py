@@ -71,6 +71,8 @@ class SimDevice:
     fps: float = 30.0
     previous: str | None = None
     history: list[str] = field(default_factory=list)
+    # declared in the agent's settings, sent in every state message
+    tags: tuple[str, ...] = ()
 
 
 class Fleet:
@@ -139,7 +141,13 @@ class Fleet:
             name, version = self.bundles[sim.active]
             active = ActiveBundle(name=name, version=version, digest=sim.active, runtime="litert")
         status = DeviceStatus.ONLINE if sim.online else DeviceStatus.OFFLINE
-        self._store(State(device=device, status=status, active=active, ts=self.clock.now))
+        self._store(
+            State(device=device, status=status, active=active, tags=sim.tags, ts=self.clock.now)
+        )
+
+    def declare_tags(self, device: str, *tags: str) -> None:
+        self.devices[device].tags = tags
+        self._state(device)
 
     def set_online(self, device: str, online: bool) -> None:
         self.devices[device].online = online

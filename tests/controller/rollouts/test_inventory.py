@@ -55,6 +55,29 @@ def test_selectors_match_what_devices_report_and_what_operators_say(fleet):
             inventory.set_tags(session, "cam-none", ["x"], [])
 
 
+def test_tags_a_device_declares_match_selectors_beside_the_operators(fleet):
+    bundle = fleet.add_bundle("face", 1)
+    a, b, c = fleet.add_devices(3, bundle)
+    fleet.declare_tags(a, "site:north", "lab")
+    fleet.declare_tags(b, "site:south")
+    with fleet.sessions.begin() as session:
+        inventory.set_tags(session, c, ["lab"], [])
+        inventory.set_tags(session, b, ["canary"], [])
+    with fleet.sessions.begin() as session:
+        pick = lambda **kw: inventory.select_devices(session, Selector(**kw))  # noqa: E731
+        assert pick(tags=["lab"]) == [a, c]
+        assert pick(tags=["site:south", "canary"]) == [b]
+        assert session.get(Device, a).declared_tags == ["lab", "site:north"]
+    # the device changes its settings: the old declared tag stops matching; the Last Will
+    # (no details) keeps what the device said while online
+    fleet.declare_tags(a, "site:east")
+    fleet.set_online(a, False)
+    with fleet.sessions.begin() as session:
+        pick = lambda **kw: inventory.select_devices(session, Selector(**kw))  # noqa: E731
+        assert pick(tags=["lab"]) == [c]
+        assert pick(tags=["site:east"]) == [a]
+
+
 def test_bundle_references_name_at_version_or_a_unique_digest_prefix(fleet):
     one = fleet.add_bundle("face", 1)
     two = fleet.add_bundle("face", 2)
