@@ -1,18 +1,17 @@
 """Rollout at fleet size: simulated devices take a bundle in waves from the real controller.
 
 A real mosquitto (the demo broker's bounded configuration) and a real controller (ingest,
-deployments, chunk server, SQLite) serve `--devices` simulated agents (`controller.demo.sim`)
-that start on a small bundle. A `--megabytes` bundle then goes out in waves of 1 % → 10 % →
-50 % → 100 % of the fleet, each wave deployed at once and judged on its final statuses (the
-next starts once `--success` of it runs the new bundle); `--slow-fraction` of the devices read
-at `--slow-factor` of the others' speed. Then every device is sent a `rollback`: `revert_s`
-is the time until the controller sees all of them back on the first bundle. Last, a bad
-bundle (it fails every probation) goes to a canary wave with a failure threshold of one
-device: `halt_s` is the time from the deployment that crossed the threshold being stored to
-the waves stopping.
+deployments, chunk server, rollout engine ticked by its scheduler, SQLite) serve `--devices`
+simulated agents (`controller.demo.sim`) that start on a small bundle. A rollout then takes a
+`--megabytes` bundle to the whole fleet in waves of 1 % → 10 % → 50 % → 100 %, each wave
+judged by the engine on its success threshold before the next opens; `--slow-fraction` of the
+devices read at `--slow-factor` of the others' speed. `devices_per_min` counts devices that
+downloaded, verified, installed and passed probation, over the rollout's whole time.
 
-The waves are driven from here with one `DeploymentService.deploy` per device; the rollout
-engine (`controller.rollouts`) drives the same calls when it runs a rollout.
+Then the rollout is aborted with revert: `revert_s` is the time until the controller sees
+every device back on the first bundle. Last, a bad bundle (it fails every probation) is rolled
+out with a canary of ten and a failure threshold of one device: `halt_s` is the time from the
+crossing failure being stored to the engine recording the halt.
 
 Ends with `RESULT devices=… updated=… devices_per_min=… controller_bytes_ratio=…
 broker_peak_rss_mb=… halt_s=… revert_s=…`.
@@ -27,7 +26,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +36,10 @@ from controller.db import Deployment, Device
 from controller.demo.broker import MosquittoBroker
 from controller.demo.sim.fleet import SimFleet
 from controller.demo.sim.knobs import BundleBehaviour, SimKnobs
+from controller.rollouts import views
+from controller.rollouts.spec import Amount, RolloutSpec, Selector, StageTimeouts
+from controller.rollouts.states import OPEN_STATES, MemberState, RolloutState
+from controller.rollouts.views import RolloutView
 from controller.server import Controller
 from controller.settings import ControllerSettings, HttpSettings, MqttSettings
 from ota.build import BuiltBundle, BundleSpec, VariantSource, build_bundle
@@ -45,10 +47,9 @@ from ota.keys import SigningKey
 from ota.manifest import InputSpec, PostprocessSpec
 from ota.trust import TrustStore
 from ota.trust_file import save_trust_store
-from protocol.messages import Rollback
 
-WAVES = (0.01, 0.10, 0.50, 1.00)
-FINAL = {"running", "failed", "rolled_back"}
+WAVES = ("1%", "10%", "50%", "100%")
+OPEN = {s.value for s in OPEN_STATES}
 
 
 def build(workdir: Path, version: int, megabytes: float, key: SigningKey) -> BuiltBundle:
@@ -76,13 +77,6 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def statuses(controller: Controller, cmd_ids: Sequence[str]) -> Counter[str]:
-    wanted = set(cmd_ids)
-    with controller.sessions() as session:
-        rows = session.execute(select(Deployment.cmd_id, Deployment.status)).all()
-    return Counter(status for cmd, status in rows if cmd in wanted)
-
-
 def wait(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -97,82 +91,79 @@ def devices_on(controller: Controller, digest: str) -> int:
     return sum(1 for d in rows if d == digest)
 
 
-def deploy_wave(controller: Controller, devices: Sequence[str], digest: str) -> list[str]:
-    return [controller.deployer.deploy(d, digest, transport="mqtt").cmd_id for d in devices]
+def rollout_view(controller: Controller, rollout_id: str) -> RolloutView:
+    with controller.sessions() as session:
+        return views.get_rollout(session, rollout_id)
 
 
-def run_waves(
-    controller: Controller,
-    names: Sequence[str],
-    digest: str,
-    success: float,
-    wave_timeout: float,
-) -> tuple[int, float]:
-    """Deploy `digest` wave by wave; returns (devices running it, seconds taken)."""
+def run_rollout(
+    controller: Controller, digest: str, spec: RolloutSpec, timeout: float
+) -> tuple[str, int, float]:
+    """Roll `digest` out to every device; returns (rollout id, devices updated, seconds)."""
     start = time.monotonic()
-    done = 0
-    running = 0
-    for share in WAVES:
-        upto = max(1, round(len(names) * share))
-        wave = names[done:upto]
-        done = upto
-        cmd_ids = deploy_wave(controller, wave, digest)
-        wave_start = time.monotonic()
-
-        def finished(cmd_ids: list[str] = cmd_ids) -> bool:
-            found = statuses(controller, cmd_ids)
-            return sum(found[s] for s in FINAL) >= len(cmd_ids)
-
-        try:
-            wait(finished, wave_timeout, f"wave of {len(wave)} finished", interval=0.5)
-        except TimeoutError:
-            print(f"# wave of {len(wave)}: timed out", file=sys.stderr)
-        found = statuses(controller, cmd_ids)
-        running += found["running"]
-        print(
-            f"# wave {share:.0%}: {len(wave)} devices, {dict(found)} "
-            f"in {time.monotonic() - wave_start:.1f}s",
-            file=sys.stderr,
-            flush=True,
-        )
-        if found["running"] < success * len(wave):
-            print(f"# halted after the {share:.0%} wave", file=sys.stderr)
+    rollout_id = controller.rollouts.create("bench", digest, Selector(), spec)
+    seen_wave = -1
+    deadline = start + timeout
+    while True:
+        view = rollout_view(controller, rollout_id)
+        if view.wave != seen_wave:
+            seen_wave = view.wave
+            note(f"wave {view.wave + 1} of {len(view.waves)} open ({view.state})")
+        if view.state not in OPEN:
             break
-    return running, time.monotonic() - start
-
-
-def measure_halt(controller: Controller, names: Sequence[str], digest: str) -> float:
-    """A canary of ten devices with a bad bundle and a failure threshold of one: seconds from
-    the crossing failure stored to the waves stopped (here: noticed by the driver)."""
-    canary = names[:10]
-    cmd_ids = deploy_wave(controller, canary, digest)
-
-    def crossing() -> float | None:
-        with controller.sessions() as session:
-            rows = session.execute(
-                select(Deployment.status, Deployment.updated).where(Deployment.cmd_id.in_(cmd_ids))
-            ).all()
-        failed = [updated for status, updated in rows if status in ("failed", "rolled_back")]
-        return min(failed) if failed else None
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        crossed = crossing()
-        if crossed is not None:
-            return max(0.0, time.time() - crossed)
-        time.sleep(0.2)
-    raise TimeoutError("the bad canary never failed")
+        if time.monotonic() > deadline:
+            note(f"rollout still {view.state} after {timeout:.0f} s")
+            break
+        time.sleep(0.5)
+    seconds = time.monotonic() - start
+    for wave in view.waves:
+        note(f"wave {wave.index + 1}: {wave.total} devices {wave.counts}")
+    note(f"rollout {view.state} ({view.reason or '-'}) in {seconds:.1f}s")
+    updated = sum(w.counts.get(str(MemberState.SUCCEEDED), 0) for w in view.waves)
+    return rollout_id, updated, seconds
 
 
 def measure_revert(
-    controller: Controller, names: Sequence[str], digest: str, timeout: float
+    controller: Controller, rollout_id: str, names: Sequence[str], digest: str, timeout: float
 ) -> float:
-    """Send every device a rollback; seconds until the controller sees all on `digest`."""
+    """Abort the rollout with revert; seconds until the controller sees all on `digest`."""
     start = time.monotonic()
-    for name in names:
-        controller.commands.send(Rollback(device=name))
+    controller.rollouts.abort(rollout_id, revert=True)
     wait(lambda: devices_on(controller, digest) >= len(names), timeout, "revert", interval=0.5)
     return time.monotonic() - start
+
+
+def measure_halt(controller: Controller, digest: str, spec: RolloutSpec) -> float:
+    """A canary of ten with a bad bundle and a failure threshold of one: seconds from the
+    crossing failure stored to the engine recording the halt."""
+    halting = spec.model_copy(
+        update={
+            "waves": [Amount(value=10), Amount(value=100, percent=True)],
+            "failure_threshold": Amount(value=1),
+            "min_finished": 1,
+        }
+    )
+    rollout_id = controller.rollouts.create("bench-bad", digest, Selector(), halting)
+    wait(
+        lambda: rollout_view(controller, rollout_id).state == RolloutState.HALTED.value,
+        180,
+        "halt",
+    )
+    with controller.sessions() as session:
+        halted = min(
+            e.ts
+            for e in views.timeline(session, rollout_id)
+            if e.state == RolloutState.HALTED.value
+        )
+        cmd_ids = [m.cmd_id for m in views.members(session, rollout_id) if m.cmd_id]
+        failed = session.scalars(
+            select(Deployment.updated).where(
+                Deployment.cmd_id.in_(cmd_ids),
+                Deployment.status.in_(("failed", "rolled_back")),
+            )
+        ).all()
+    crossed = min(failed)
+    return max(0.0, halted - crossed)
 
 
 def workdir_root(megabytes: float, devices: int) -> str | None:
@@ -200,8 +191,8 @@ def main() -> int:
         "--link-mb-s", type=float, default=10.0, help="per-device read speed of the others"
     )
     parser.add_argument("--probation", type=float, default=2.0)
-    parser.add_argument("--success", type=float, default=0.9, help="share of a wave to go on")
-    parser.add_argument("--wave-timeout", type=float, default=600.0)
+    parser.add_argument("--success", default="90%", help="successes a wave needs to pass")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="the rollout's, seconds")
     parser.add_argument("--coalesce", type=float, default=0.5, help="chunk coalescing, seconds")
     parser.add_argument(
         "--send-mb-s",
@@ -270,19 +261,26 @@ def main() -> int:
         note(f"{len(names)} simulated devices online")
         wait(lambda: devices_on(controller, first.digest) >= len(names), 300, "devices known")
         info = controller.bundles.add_file(second.path)
-        note("the controller knows every device; waves start")
-        sent_before = controller.chunks.bytes_sent
-        updated, seconds = run_waves(
-            controller, names, info.digest, args.success, args.wave_timeout
+        note("the controller knows every device; the rollout starts")
+        spec = RolloutSpec(
+            waves=[Amount.parse(w) for w in WAVES],
+            rate_per_min=1_000_000,
+            success_threshold=Amount.parse(args.success),
+            failure_threshold=Amount.parse("10%"),
+            min_finished=10,
+            timeouts=StageTimeouts(offered_s=120, downloading_s=900, installing_s=300),
         )
+        sent_before = controller.chunks.bytes_sent
+        rollout_id, updated, seconds = run_rollout(controller, info.digest, spec, args.timeout)
         sent = controller.chunks.bytes_sent - sent_before
-        note("reverting every device")
-        revert_s = measure_revert(controller, names, first.digest, 600)
+        note("aborting with revert")
+        revert_s = measure_revert(controller, rollout_id, names, first.digest, 600)
         note(f"reverted in {revert_s:.1f}s")
         halt_s = float("nan")
         if not args.skip_halt:
             bad_info = controller.bundles.add_file(bad.path)
-            halt_s = measure_halt(controller, names, bad_info.digest)
+            halt_s = measure_halt(controller, bad_info.digest, spec)
+            note(f"halted {halt_s:.2f}s after the crossing failure was stored")
         rss = peak_rss_mb(broker._proc.pid)
         c = fleet.counters
         print(
@@ -306,7 +304,7 @@ def main() -> int:
         f"bundle_bytes={info.size} waves={len(WAVES)} rollout_s={seconds:.1f} "
         f"send_mb_s={pace:g} link_mb_s={args.link_mb_s:g}"
     )
-    return 0 if updated >= args.devices * args.success else 1
+    return 0 if updated >= Amount.parse(args.success).of(args.devices) else 1
 
 
 if __name__ == "__main__":

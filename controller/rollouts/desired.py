@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.bundles.repository import UnknownBundle
-from controller.db import Deployment, Device
+from controller.db import Bundle, Deployment, Device
 from controller.fleet.deployments import DeploymentService, UnknownDevice
 from controller.mqtt.session import PublishError
 from controller.rollouts.models import DeviceInventory, DeviceTarget
@@ -78,6 +78,18 @@ def set_target(
     else:
         row.bundle, row.rollout, row.set_at, row.cmd_id = bundle, rollout, now, None
     return row
+
+
+def set_revert_target(
+    session: Session, device: str, previous: str, rollout: str, now: float
+) -> DeviceTarget | None:
+    """Make the bundle a device ran before a rollout its target again. A bundle the controller
+    never had (installed at provisioning, say) cannot be a target: the device's own slot holds
+    it and a rollback command restores it, so the target is cleared and None returned."""
+    if session.get(Bundle, previous) is None:
+        clear_target(session, device)
+        return None
+    return set_target(session, device, previous, rollout, now)
 
 
 def clear_target(session: Session, device: str) -> None:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from controller.db import Device
 from controller.mqtt.commands import CommandSender
 from controller.mqtt.session import PublishError
-from controller.rollouts.desired import Reconciler, expire_deployments, set_target
+from controller.rollouts.desired import Reconciler, expire_deployments, set_revert_target
 from controller.rollouts.inventory import resolve_bundle, select_devices
 from controller.rollouts.models import RolloutDevice, RolloutRow
 from controller.rollouts.spec import RolloutSpec, Selector, StageTimeouts
@@ -297,8 +297,9 @@ class RolloutEngine:
                 return
             row.revert_cmd, row.revert_at = command.id, now
             if row.previous is not None:
-                target = set_target(session, row.device, row.previous, row.rollout, now)
-                target.cmd_id = command.id  # carried by the rollback, not by a deployment
+                target = set_revert_target(session, row.device, row.previous, row.rollout, now)
+                if target is not None:
+                    target.cmd_id = command.id  # carried by the rollback, not by a deployment
         try:
             self._commands.send(command)
         except PublishError as exc:

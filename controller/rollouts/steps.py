@@ -16,7 +16,13 @@ from sqlalchemy.orm import Session
 
 from controller.db import Deployment, Device
 from controller.rollouts import gates
-from controller.rollouts.desired import FINAL_STATUSES, STAGES, clear_target, set_target
+from controller.rollouts.desired import (
+    FINAL_STATUSES,
+    STAGES,
+    clear_target,
+    set_revert_target,
+    set_target,
+)
 from controller.rollouts.inventory import select_devices
 from controller.rollouts.models import DeviceTarget, RolloutDevice, RolloutEventRow, RolloutRow
 from controller.rollouts.spec import RolloutSpec, Selector
@@ -227,8 +233,8 @@ def start_revert(
             _finish(member, MemberState.REVERT_FAILED, "no_previous_bundle", now)
             continue
         member.state, member.revert_cmd, member.revert_at = MemberState.REVERTING.value, None, None
-        target = set_target(session, member.device, member.previous, row.id, now)
-        if snap.active(member.device) == row.bundle:
+        target = set_revert_target(session, member.device, member.previous, row.id, now)
+        if target is not None and snap.active(member.device) == row.bundle:
             target.cmd_id = f"rollback-{row.id}"[:64]  # a rollback command carries it, not a deploy
     transition(session, row, RolloutState.REVERTING, f"revert:{reason}", now, {"devices": touched})
 

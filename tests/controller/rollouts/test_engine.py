@@ -159,6 +159,24 @@ def test_abort_with_revert_brings_every_touched_device_back(fleet):
     assert "aborted:revert" in reasons(fleet, rid)
 
 
+def test_a_revert_to_a_bundle_the_controller_never_had_uses_the_devices_own_slot(fleet):
+    # devices provisioned with a bundle that was never uploaded to this controller
+    provisioned = "ab" * 32
+    fleet.bundles[provisioned] = ("factory", 1)
+    fleet.add_bundle("face", 2)
+    ids = fleet.add_devices(10, provisioned)
+    rid = fleet.engine.create("fb", "face@2", Selector(), spec(waves=["100%"], rate_per_min=600))
+    fleet.run(4)
+    assert rollout(fleet, rid).state == RolloutState.COMPLETED.value, reasons(fleet, rid)
+    fleet.engine.abort(rid, revert=True)
+    fleet.run(6)
+    assert rollout(fleet, rid).state == RolloutState.REVERTED.value, reasons(fleet, rid)
+    assert all(fleet.devices[d].active == provisioned for d in ids)
+    assert {m.state for m in members(fleet, rid).values()} == {MemberState.REVERTED.value}
+    # nothing left to converge to: the reconciler never deploys the rollout's bundle again
+    assert Reconciler(fleet.sessions, fleet.deployer).targets() == []
+
+
 def test_a_halt_on_a_rollout_that_says_revert_reverts_the_canary(fleet):
     old = fleet.add_bundle("face", 1)
     fleet.add_bundle("face", 2)
