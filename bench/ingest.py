@@ -151,7 +151,7 @@ class Replica:
 
     def errors(self) -> int:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return sum(1 for line in text.splitlines() if " ERROR " in line or "Traceback" in line)
+        return sum(1 for line in text.splitlines() if "level=ERROR " in line or "Traceback" in line)
 
 
 def latency_histogram(metrics: str) -> dict[float, float]:

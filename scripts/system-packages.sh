@@ -53,6 +53,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 # the dashboard's browser tests drive Debian's chromium through Playwright (never a downloaded one)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# tests/systemd rate and verify the units with systemd-analyze (nothing is started)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import Depends, FastAPI
+from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -17,6 +18,12 @@ from controller.api.deployments import deployments_router
 from controller.api.devices import devices_router
 from controller.api.enrollment import enrollment_device_router, enrollment_operator_router
 from controller.api.groups import groups_router
+from controller.api.metrics import (
+    DEFAULT_MAX_DEVICES,
+    ControllerCollector,
+    HttpInstruments,
+    HttpMetrics,
+)
 from controller.api.monitoring import monitoring_router
 from controller.api.rollouts import rollouts_router
 from controller.api.security import (
@@ -50,8 +57,8 @@ class ApiContext:
     bundles: BundleRepository
     deployments: DeploymentService
     commands: CommandSender
-    stats: IngestStats
     # read by /metrics
+    stats: IngestStats
     publisher: Publisher
     chunks: ChunkServer
     max_upload_bytes: int
@@ -73,6 +80,8 @@ class ApiContext:
     # rollouts, groups, tags, targets and device commands; the routes exist only when given
     rollouts: RolloutEngine | None = None
     reconciler: Reconciler | None = None
+    # most devices given per-device gauges in /metrics (the rest are counted as dropped)
+    metrics_max_devices: int = DEFAULT_MAX_DEVICES
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
@@ -82,10 +91,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
     # read per request by controller.api.params
     app.state.sessions = ctx.sessions
     _guard(app, ctx)
+    _instrument(app, ctx)
     app.include_router(auth_router())
     if ctx.snapshot_requests is not None and ctx.snapshots is not None:
         app.include_router(snapshots_router(ctx.snapshot_requests, ctx.snapshots))
-    app.include_router(monitoring_router(ctx.stats, ctx.publisher, ctx.chunks, ctx.mqtt_ready))
+    app.include_router(monitoring_router(app.state.metrics, ctx.sessions, ctx.mqtt_ready))
     app.include_router(devices_router())
     app.include_router(bundles_router(ctx.bundles, ctx.max_upload_bytes))
     app.include_router(
@@ -130,3 +140,20 @@ def _guard(app: FastAPI, ctx: ApiContext) -> None:
     app.add_middleware(BodyLimit, default=settings.max_body_bytes, rules=[upload_caps])
     app.add_middleware(AuditTrail, sessions=ctx.sessions)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings, ctx.public_url))
+
+
+def _instrument(app: FastAPI, ctx: ApiContext) -> None:
+    """The app's own metrics registry (`app.state.metrics`): the controller's state read at
+    scrape time, and HTTP requests counted by the outermost middleware."""
+    registry = CollectorRegistry()
+    registry.register(
+        ControllerCollector(
+            ctx.stats,
+            ctx.publisher,
+            ctx.chunks,
+            ctx.sessions,
+            max_devices=ctx.metrics_max_devices,
+        )
+    )
+    app.state.metrics = registry
+    app.add_middleware(HttpMetrics, instruments=HttpInstruments(registry))

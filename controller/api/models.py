@@ -155,3 +155,14 @@ class HealthzOut(BaseModel):
     status: str
     database: bool
     mqtt: bool
+
+
+class LivezOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyzOut(BaseModel):
+    status: Literal["ready", "not_ready"]
+    database: bool
+    mqtt: bool
+    reasons: list[str] = Field(default_factory=list, description="why it is not ready")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller.api.app import ApiContext, create_app
 from controller.bundles.chunks import ChunkServer
@@ -83,8 +84,13 @@ def test_api_serves_what_agents_published(http, agent):
 
     metrics = http.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
-    assert "edgefleet_devices_online 1\n" in metrics.text
-    assert 'edgefleet_ingest_stored_total{kind="det"} 1\n' in metrics.text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics.text)
+        for s in family.samples
+    }
+    assert samples[("edgefleet_devices_online", ())] == 1
+    assert samples[("edgefleet_ingest_stored_total", (("kind", "det"),))] == 1
     assert "# TYPE edgefleet_ingest_received_total counter" in metrics.text
     assert http.get("/healthz").json() == {"status": "ok", "database": True, "mqtt": True}
 

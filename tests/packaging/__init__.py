@@ -1,0 +1,1 @@
+"""The distribution: sdist and wheel as built for an install, and what each extra brings."""
