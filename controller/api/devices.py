@@ -63,9 +63,23 @@ def devices_router() -> APIRouter:
 
     @router.get("/api/events")
     def list_events(
-        db: Db, limit: Limit = 50, device: str | None = None, kind: str | None = None
+        db: Db,
+        limit: Limit = 50,
+        device: str | None = None,
+        kind: str | None = None,
+        since: float | None = None,
     ) -> list[EventOut]:
-        query = select(EventRow).order_by(EventRow.ts.desc()).limit(limit)
+        """Newest first; with `since` (a `received` time), the events the controller received
+        at or after it, oldest first, so a client can follow them with a cursor."""
+        if since is None:
+            query = select(EventRow).order_by(EventRow.ts.desc()).limit(limit)
+        else:
+            query = (
+                select(EventRow)
+                .where(EventRow.received >= since)
+                .order_by(EventRow.received, EventRow.id)
+                .limit(limit)
+            )
         if device:
             query = query.where(EventRow.device == device)
         if kind:
@@ -73,18 +87,26 @@ def devices_router() -> APIRouter:
         return [EventOut.model_validate(r) for r in db.scalars(query)]
 
     @router.get("/api/summary")
-    def summary(db: Db) -> SummaryOut:
+    def summary(db: Db, device: str | None = None) -> SummaryOut:
+        """The fleet's counts; detections, frames and fps of one `device` when given."""
         total = db.scalar(select(func.count()).select_from(Device)) or 0
         online = db.scalar(select(func.count()).select_from(Device).where(Device.online)) or 0
-        detections = db.scalar(select(func.count()).select_from(DetectionRow)) or 0
+        detections_q = select(func.count()).select_from(DetectionRow)
+        health_q = select(DeviceHealth.payload)
+        last_q = select(DetectionRow).order_by(DetectionRow.ts.desc()).limit(1)
+        if device is not None:
+            detections_q = detections_q.where(DetectionRow.device == device)
+            health_q = health_q.where(DeviceHealth.device == device)
+            last_q = last_q.where(DetectionRow.device == device)
+        detections = db.scalar(detections_q) or 0
         frames, fps = 0, 0.0
         # the newest health of every device is one row each (device_health): this page is
         # polled, and a fleet has thousands of devices
-        for payload in db.scalars(select(DeviceHealth.payload)):
+        for payload in db.scalars(health_q):
             for camera in payload.get("cameras", []):
                 frames += int(camera.get("frames_processed", 0))
                 fps += float(camera.get("fps_processed", 0.0))
-        last = db.scalar(select(DetectionRow).order_by(DetectionRow.ts.desc()).limit(1))
+        last = db.scalar(last_q)
         return SummaryOut(
             devices=total,
             devices_online=online,

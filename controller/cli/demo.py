@@ -23,7 +23,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         missing_extra("demo", "controller,demo", exc)
 
     try:
-        result = run_demo(args.duration, args.workdir, args.http_port)
+        result = run_demo(args.duration, args.workdir, args.http_port, args.simulated)
     except DemoError as exc:
         print(f"edgefleet demo: {exc}", file=sys.stderr)
         return EXIT_DEMO_FAILED
@@ -39,4 +39,10 @@ def add_demo_parser(subparsers: Any) -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds to run")
     parser.add_argument("--workdir", type=Path, default=Path(".edgefleet/demo"))
     parser.add_argument("--http-port", type=int, default=None, help="API port (default: free)")
+    parser.add_argument(
+        "--simulated",
+        type=int,
+        default=50,
+        help="simulated devices beside the real agent, rolled to a new bundle version (0: none)",
+    )
     parser.set_defaults(func=cmd_demo)

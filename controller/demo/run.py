@@ -1,7 +1,10 @@
-"""The demo run: controller + local broker + one local agent on a sample video, one command.
+"""The demo run: controller + local broker + one local agent on a sample video, one command,
+plus a simulated fleet taking a new bundle version in a rollout.
 
 Everything real: a mosquitto (or in-process broker), the controller with SQLite, an agent
-process, a BlazeFace bundle built and signed here and delivered over MQTT. The command line
+process, a BlazeFace bundle built and signed here and delivered over MQTT. Beside the agent,
+simulated devices (`controller.demo.fleet`, default 50) enroll, connect to the same broker and
+are rolled to version 2 of the bundle in waves while the demo runs. The command line
 (`edgefleet demo`) lives in controller/cli/demo.py.
 """
 
@@ -29,8 +32,10 @@ from controller.demo.broker import (
     start_local_broker,
     start_secure_broker,
 )
+from controller.demo.fleet import SimBroker, start_rollout, start_sim_fleet
 from controller.demo.processes import spawn_agent, stop_agent, write_agent_config
 from controller.demo.sample_video import write_sample_video
+from controller.demo.sim.fleet import SimFleet
 from controller.demo.waiting import WaitTimedOut, wait_until
 from controller.release.recipes import example_spec
 from controller.server import Controller
@@ -43,7 +48,7 @@ from controller.settings import (
 from ota.build import build_bundle
 from ota.keys import SigningKey
 from ota.trust import TrustStore
-from ota.trust_file import save_trust_store
+from ota.trust_file import load_trust_store, save_trust_store
 from protocol.topics import Topics
 
 DEVICE_ID = "demo-cam-01"
@@ -61,11 +66,14 @@ class DemoResult:
     fps: float
     bundle: str
     runtime: str
+    simulated: int = 0
+    rollout: str = "-"
 
     def line(self) -> str:
         return (
             f"RESULT devices={self.devices} frames={self.frames} detections={self.detections} "
-            f"fps={self.fps:.1f} bundle={self.bundle} runtime={self.runtime}"
+            f"fps={self.fps:.1f} bundle={self.bundle} runtime={self.runtime} "
+            f"simulated={self.simulated} rollout={self.rollout}"
         )
 
 
@@ -92,7 +100,9 @@ def _command_key_path(workdir: Path) -> Path:
     return workdir / "keys" / "command" / "command.pem"
 
 
-def run_demo(duration: float, workdir: Path, http_port: int | None = None) -> DemoResult:
+def run_demo(
+    duration: float, workdir: Path, http_port: int | None = None, simulated: int = 50
+) -> DemoResult:
     """Run the whole loop for `duration` seconds and return what it measured.
 
     Raises DemoError, BrokerError, ModelFetchError.
@@ -113,6 +123,14 @@ def run_demo(duration: float, workdir: Path, http_port: int | None = None) -> De
         datetime.now(timezone.utc),
     )
     video = write_sample_video(workdir / "sample.avi", fps=10, seconds_per_image=2.0)
+    # what the simulated fleet is rolled to: the same model, version 2
+    next_version = build_bundle(
+        example_spec("blazeface-short", version=2),
+        workdir,
+        [key],
+        workdir / "blazeface-short-2.bundle",
+        datetime.now(timezone.utc),
+    )
 
     link = _broker(workdir)
     broker = link.broker
@@ -127,6 +145,7 @@ def run_demo(duration: float, workdir: Path, http_port: int | None = None) -> De
     )
     controller = Controller(settings)
     agent: subprocess.Popen[bytes] | None = None
+    fleet: SimFleet | None = None
     api = f"http://127.0.0.1:{port}"
     try:
         controller.start()
@@ -156,8 +175,37 @@ def run_demo(duration: float, workdir: Path, http_port: int | None = None) -> De
         )
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=api, timeout=10.0, headers=headers) as http:
-            return _drive(http, agent, built.path, built.digest, duration, workdir)
+            _bring_up(http, agent, built.path, built.digest, workdir)
+            rollout_id: str | None = None
+            if simulated > 0:
+                print(
+                    f"edgefleet demo: starting {simulated} simulated devices on "
+                    f"{built.digest[:12]}",
+                    flush=True,
+                )
+                fleet = start_sim_fleet(
+                    simulated,
+                    link.sim_broker,
+                    controller.enrollment,
+                    load_trust_store(trust_path),
+                    built.path,
+                    workdir / "sim",
+                )
+                controller.bundles.add_file(next_version.path)
+                rollout_id = start_rollout(
+                    controller.rollouts, next_version.digest, simulated, duration
+                )
+                print(
+                    f"edgefleet demo: rollout {rollout_id} takes the simulated devices to "
+                    "blazeface-short@2 in waves (1, 20 %, 100 %)",
+                    flush=True,
+                )
+            result = _watch(http, agent, duration, workdir, rollout_id)
+            result.simulated = simulated
+            return result
     finally:
+        if fleet is not None:
+            fleet.stop()
         if agent is not None:
             stop_agent(agent)
         controller.stop()
@@ -174,6 +222,12 @@ class _BrokerLink:
     description: str
     device_port: int
     tls: bool
+    fleet_ca: Path | None = None
+
+    @property
+    def sim_broker(self) -> SimBroker:
+        host = "localhost" if self.tls else "127.0.0.1"
+        return SimBroker(host, self.device_port, self.fleet_ca if self.tls else None)
 
     def agent_mqtt(self, agent_dir: Path) -> dict[str, Any]:
         if not self.tls:
@@ -215,7 +269,9 @@ def _broker(workdir: Path) -> _BrokerLink:
         f"TLS broker on localhost:{end.device_port} (devices, client certificates and ACL) "
         f"and :{end.controller_port} (controller)"
     )
-    return _BrokerLink(broker, mqtt, enrollment, description, end.device_port, tls=True)
+    return _BrokerLink(
+        broker, mqtt, enrollment, description, end.device_port, tls=True, fleet_ca=end.fleet_ca
+    )
 
 
 def _demo_admin_token(controller: Controller) -> str:
@@ -239,17 +295,17 @@ def _wait(what: str, check: Callable[[], object]) -> None:
         raise DemoError(str(exc)) from None
 
 
-def _drive(
+def _bring_up(
     http: httpx.Client,
     agent: subprocess.Popen[bytes],
     bundle_path: Path,
     digest: str,
-    duration: float,
     workdir: Path,
-) -> DemoResult:
+) -> None:
+    """Upload the bundle, wait for the agent, deploy, and wait until it runs the bundle."""
+
     def agent_alive() -> None:
-        if agent.poll() is not None:
-            raise DemoError(f"the agent exited with {agent.returncode}; see {workdir}/agent.log")
+        _check_agent(agent, workdir)
 
     response = http.post("/api/bundles", content=bundle_path.read_bytes())
     if response.status_code >= 400:
@@ -272,19 +328,52 @@ def _drive(
 
     _wait("the bundle to run on the agent", running)
     print("edgefleet demo: bundle running; Ctrl-C ends early", flush=True)
+
+
+def _check_agent(agent: subprocess.Popen[bytes], workdir: Path) -> None:
+    if agent.poll() is not None:
+        raise DemoError(f"the agent exited with {agent.returncode}; see {workdir}/agent.log")
+
+
+def _rollout_text(http: httpx.Client, rollout_id: str | None) -> tuple[str, str]:
+    """(the rollout's state, a short progress text) for the status line."""
+    if rollout_id is None:
+        return "-", ""
+    response = http.get(f"/api/rollouts/{rollout_id}")
+    if response.status_code >= 400:
+        return "unknown", "  rollout ?"
+    view = response.json()
+    waves = view.get("waves", [])
+    done = sum(w.get("counts", {}).get("succeeded", 0) for w in waves)
+    total = sum(w.get("total", 0) for w in waves)
+    return view["state"], (
+        f"  rollout {view['state']} wave {view['wave'] + 1}/{len(waves)} {done}/{total}"
+    )
+
+
+def _watch(
+    http: httpx.Client,
+    agent: subprocess.Popen[bytes],
+    duration: float,
+    workdir: Path,
+    rollout_id: str | None,
+) -> DemoResult:
+    """Show the fleet for `duration` seconds; returns what it measured."""
     deadline = time.monotonic() + duration
     summary: dict[str, Any] = {}
+    state = "-"
     interrupted = False
     try:
         while time.monotonic() < deadline:
-            agent_alive()
-            summary = http.get("/api/summary").json()
+            _check_agent(agent, workdir)
+            summary = http.get("/api/summary", params={"device": DEVICE_ID}).json()
+            state, progress = _rollout_text(http, rollout_id)
             last = summary.get("last_detection") or {}
             line = (
                 f"\rdevices {summary['devices_online']}/{summary['devices']}  "
                 f"fps {summary['fps']:5.1f}  frames {summary['frames']:6d}  "
                 f"detections {summary['detections']:6d}  "
-                f"last {last.get('label', '-')} {last.get('score', 0.0):.2f}  {http.base_url}"
+                f"last {last.get('label', '-')} {last.get('score', 0.0):.2f}{progress}"
             )
             print(line, end="", flush=True)
             time.sleep(1.0)
@@ -292,7 +381,8 @@ def _drive(
         interrupted = True
     print(flush=True)
     if not interrupted:
-        summary = http.get("/api/summary").json()
+        summary = http.get("/api/summary", params={"device": DEVICE_ID}).json()
+        state, _ = _rollout_text(http, rollout_id)
     device = _device(http) or {}
     return DemoResult(
         devices=int(summary.get("devices", 0)),
@@ -301,4 +391,5 @@ def _drive(
         fps=float(summary.get("fps", 0.0)),
         bundle=f"{device.get('active_name', '?')}@{device.get('active_version', '?')}",
         runtime=str(device.get("active_runtime", "?")),
+        rollout=state,
     )

@@ -17,8 +17,10 @@ import logging
 import random
 import shutil
 import socket
+import ssl
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -74,6 +76,15 @@ class FleetContext(Protocol):
     keepalive: int
     started: float
     verifier: SharedVerifier
+    # a device's TLS files (fleet CA, its certificate, its key) by id; None: plain MQTT
+    tls: Callable[[str], TlsFiles] | None
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
 
 
 log = logging.getLogger(__name__)
@@ -194,6 +205,10 @@ class SimDevice:
             qos=1,
             retain=True,
         )
+        if self.fleet.tls is not None:
+            # as the agent: the fleet CA's certificate for this id, its name the user name
+            files = self.fleet.tls(self.id)
+            client.tls_set(ca_certs=str(files.ca), certfile=str(files.cert), keyfile=str(files.key))
         client.max_inflight_messages_set(20)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
@@ -232,6 +247,13 @@ class SimDevice:
                 self._pause(-self._tokens / self.rate)
                 return
         self.client.loop_read()
+        # TLS: bytes already decrypted wait inside the SSL object, where select() sees nothing
+        sock = self.client.socket()
+        for _ in range(64):
+            if not isinstance(sock, ssl.SSLSocket) or not sock.pending():
+                break
+            self.client.loop_read()
+            sock = self.client.socket()
 
     def _pause(self, seconds: float) -> None:
         sock = self.client.socket()
@@ -326,6 +348,7 @@ class SimDevice:
             runtimes=(RuntimeInfo(key=self.knobs.runtime, available=True),),
             active=active,
             cameras=("cam0",),
+            tags=self.knobs.tags,
         )
         self.client.publish(self.topics.state(self.id), encode(state), qos=1, retain=True)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from controller.demo.sim.device import SharedVerifier, SimBundle, SimDevice
+from controller.demo.sim.device import SharedVerifier, SimBundle, SimDevice, TlsFiles
 from controller.demo.sim.knobs import SimCounters, SimKnobs
 from controller.demo.sim.loop import Loop
 from ota.digest import file_digest
@@ -45,8 +45,10 @@ class SimFleet:
         workdir: Path | None = None,
         installed: Path | None = None,
         keepalive: int = 30,
+        tls: Callable[[str], TlsFiles] | None = None,
     ) -> None:
         self.knobs = knobs or SimKnobs()
+        self.tls = tls
         self.host, self.port, self.keepalive = host, port, keepalive
         self.topics = Topics(prefix)
         self.counters = SimCounters()

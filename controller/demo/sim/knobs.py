@@ -72,6 +72,7 @@ class SimKnobs(BaseModel):
     )
     profile: str = "generic-x86_64"
     runtime: str = "litert"
+    tags: tuple[str, ...] = Field((), description="tags every device declares in its state")
 
     def behaviour(self, name: str, version: int, digest: str) -> BundleBehaviour:
         """The behaviour declared for this bundle, most specific key first."""

@@ -109,6 +109,8 @@ def test_summary_counts_only_the_newest_health_of_each_device(http, mosquitto):
         )
         summary = http.get("/api/summary").json()
         assert (summary["devices"], summary["frames"], summary["fps"]) == (2, 601, 10.0)
+        one = http.get("/api/summary", params={"device": "cam-b"}).json()
+        assert (one["devices"], one["frames"], one["fps"], one["detections"]) == (2, 301, 5.0, 0)
     finally:
         for one in fleet:
             one.close()
