@@ -9,12 +9,16 @@ PYTEST_ARGS ?=
 STAMP := $(VENV)/.edgefleet-installed
 MODELS_STAMP := $(VENV)/.edgefleet-models
 
-.PHONY: all setup system-packages demo test lint models clean
+.PHONY: all setup system-packages assets demo test lint models clean
 
 all: test
 
 system-packages:
 	@./scripts/system-packages.sh
+
+# the dashboard's front-end libraries, pinned with their sha512 (controller/static/vendor/)
+assets:
+	@./scripts/fetch-assets.sh
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +32,7 @@ $(MODELS_STAMP): $(STAMP)
 	$(BIN)/edgefleet models fetch
 	touch $@
 
-setup: system-packages $(STAMP) $(MODELS_STAMP)
+setup: system-packages assets $(STAMP) $(MODELS_STAMP)
 
 models: $(MODELS_STAMP)
 

@@ -4,9 +4,12 @@ wired together; each part is handed what it uses."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from types import FrameType, TracebackType
 
@@ -21,6 +24,7 @@ from controller.auth.signing import load_command_signer, log_root_expiry
 from controller.auth.transfer import TransferTokens, load_or_create_key
 from controller.bundles.chunks import ChunkServer
 from controller.bundles.repository import BundleRepository, BundleVerifier, release_verifier
+from controller.dashboard import install as install_dashboard
 from controller.db import make_engine, session_factory, upgrade_database
 from controller.fleet.deployments import DeploymentService
 from controller.fleet.snapshots import SnapshotRequests, SnapshotStore
@@ -39,6 +43,32 @@ log = logging.getLogger(__name__)
 
 class ControllerError(RuntimeError):
     """The controller could not start."""
+
+
+def sd_notify(message: str, env: Mapping[str, str] | None = None) -> bool:
+    """Send one datagram to systemd's notify socket (Type=notify); False when there is none."""
+    address = (os.environ if env is None else env).get("NOTIFY_SOCKET", "")
+    if not address:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("event=sd_notify_failed error=%r", str(exc))
+        return False
+    return True
+
+
+def watchdog_interval(env: Mapping[str, str] | None = None) -> float:
+    """Seconds between WATCHDOG=1 pings (half of WatchdogSec=); 0 when no watchdog is ours."""
+    env = os.environ if env is None else env
+    usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return 0.0
+    return int(usec) / 2e6
 
 
 class Controller:
@@ -150,6 +180,9 @@ class Controller:
                 rollouts=self.rollouts,
                 reconciler=self.reconciler,
             )
+        )
+        install_dashboard(
+            self.app, trust_path=s.resolved_trust_path(), bundle_file=self.bundles.path
         )
         self._serve_http(timeout)
         self._announce_bootstrap()
@@ -268,7 +301,11 @@ class Controller:
         log.info("event=controller_stopped")
 
     def serve_forever(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop cleanly."""
+        """Run until SIGTERM or SIGINT, then stop cleanly.
+
+        Under systemd (Type=notify): READY=1 once the API answers, WATCHDOG=1 while the HTTP
+        server lives (a dead one stops the pings and the loop), STOPPING=1 on the way out.
+        """
         done = threading.Event()
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -276,13 +313,22 @@ class Controller:
             done.set()
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        ping_every = watchdog_interval()
+        next_ping = 0.0
         try:
             self.start()
-            while not done.wait(1.0):
+            sd_notify(f"READY=1\nSTATUS=serving {self.api_url}")
+            while True:
                 if self._thread is not None and not self._thread.is_alive():
                     log.error("event=http_server_exited")
                     break
+                if ping_every and time.monotonic() >= next_ping:
+                    sd_notify("WATCHDOG=1")
+                    next_ping = time.monotonic() + ping_every
+                if done.wait(min(1.0, ping_every) if ping_every else 1.0):
+                    break
         finally:
+            sd_notify("STOPPING=1")
             self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
