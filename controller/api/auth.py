@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
@@ -30,6 +31,7 @@ from controller.auth.tokens import (
     list_tokens,
     open_session,
     revoke_token,
+    spend_login_link,
 )
 from controller.auth.users import (
     Role,
@@ -241,6 +243,26 @@ def auth_router() -> APIRouter:
         db.commit()
         _set_session_cookies(request, response, cookie, session.csrf, ttl)
         return MeOut(name=user.name, role=user.role, via="session", csrf_token=session.csrf)
+
+    @router.get("/api/auth/link", tags=[PUBLIC], response_class=RedirectResponse)
+    def login_link(token: str, request: Request, db: Db) -> RedirectResponse:
+        """Sign in a browser with a one-time login link (the demo prints one): the link's
+        token is spent by this first use; the answer sets the session and opens the fleet."""
+        auth = _auth(request)
+        client = client_address(request)
+        if auth.limiter.clients.retry_after(client) > 0:
+            raise refuse(429, "too_many_attempts", "too many failed sign-ins from here; wait")
+        user = spend_login_link(db, token[:200])
+        if user is None or user.disabled:
+            auth.limiter.clients.fail(client)
+            raise refuse(401, "bad_link", "the login link is unknown, expired or already used")
+        request.state.actor = user.name
+        ttl = auth.settings.session_ttl_s
+        session, cookie = open_session(db, user, ttl, client)
+        db.commit()
+        response = RedirectResponse("/", status_code=303)
+        _set_session_cookies(request, response, cookie, session.csrf, ttl)
+        return response
 
     @router.post("/api/auth/token", tags=[PUBLIC], status_code=201)
     def login_token(body: TokenLoginIn, request: Request, db: Db) -> NewTokenOut:

@@ -11,7 +11,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from controller.auth.models import ApiToken, LoginSession, User
@@ -21,6 +21,9 @@ TOKEN_PREFIX = "ef_"  # noqa: S105 - a prefix, not a secret
 _TOKEN = re.compile(r"^ef_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _SESSION = re.compile(r"^[A-Za-z0-9_-]{43}$")
 MAX_TOKEN_TTL_S = 366 * 86400
+# a one-time login link is a short-lived token of this name, spent by its first use
+LOGIN_LINK_NAME = "login-link"
+LOGIN_LINK_TTL_S = 900.0
 # last_used is written at most this often per token, not on every request
 _LAST_USED_STEP_S = 60.0
 
@@ -170,3 +173,33 @@ def csrf_matches(expected: str | None, given: str | None) -> bool:
     if not expected or not given:
         return False
     return hmac.compare_digest(expected.encode(), given.encode())
+
+
+def issue_login_link(db: Session, user: User, ttl_s: float = LOGIN_LINK_TTL_S) -> str:
+    """The secret of a one-time login link for `user` (not committed)."""
+    _row, secret = issue_token(db, user, LOGIN_LINK_NAME, Role(user.role), ttl_s)
+    return secret
+
+
+def spend_login_link(db: Session, secret: str, *, now: float | None = None) -> User | None:
+    """The user a login link signs in, or None (unknown, expired, used, or not a link).
+
+    The link is revoked here (committed by the caller); of two requests racing with one link,
+    only the one whose conditional update lands gets the user."""
+    now = time.time() if now is None else now
+    principal = token_principal(db, secret, now=now)
+    if principal is None:
+        return None
+    token_id = principal.via.removeprefix("token:")
+    spent = db.execute(
+        update(ApiToken)
+        .where(
+            ApiToken.id == token_id,
+            ApiToken.name == LOGIN_LINK_NAME,
+            ApiToken.revoked.is_(None),
+        )
+        .values(revoked=now)
+    )
+    if getattr(spent, "rowcount", 0) != 1:
+        return None
+    return db.get(User, principal.user_id)

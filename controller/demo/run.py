@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from controller.auth.tokens import issue_token
+from controller.auth.tokens import issue_login_link, issue_token
 from controller.auth.users import Role, create_user
 from controller.demo.broker import (
     BrokerError,
@@ -167,9 +167,14 @@ def run_demo(
         }
         (workdir / "agent.log").unlink(missing_ok=True)
         agent = spawn_agent(write_agent_config(agent_dir, config), workdir / "agent.log")
-        token = _demo_admin_token(controller)
+        token, login = _demo_admin(controller)
         print(
-            f"edgefleet demo: signed in as the demo's admin; try: EDGEFLEET_TOKEN={token} "
+            f"edgefleet demo: dashboard at {api}/ ; sign in once with "
+            f"{api}/api/auth/link?token={login}",
+            flush=True,
+        )
+        print(
+            f"edgefleet demo: the CLI as the demo's admin: EDGEFLEET_TOKEN={token} "
             f"edgefleet --api {api} devices",
             flush=True,
         )
@@ -274,13 +279,15 @@ def _broker(workdir: Path) -> _BrokerLink:
     )
 
 
-def _demo_admin_token(controller: Controller) -> str:
-    """The demo's own admin (a fresh database each run) and an API token that lasts a day."""
+def _demo_admin(controller: Controller) -> tuple[str, str]:
+    """The demo's own admin (a fresh database each run): an API token that lasts a day, and
+    a one-time login link's secret for the dashboard."""
     with controller.sessions() as db:
         user = create_user(db, "demo-admin", secrets.token_urlsafe(24), Role.ADMIN)
         _row, token = issue_token(db, user, "demo", Role.ADMIN, 86400.0)
+        link = issue_login_link(db, user, ttl_s=3600.0)
         db.commit()
-    return token
+    return token, link
 
 
 def _device(http: httpx.Client) -> dict[str, Any] | None:

@@ -10,8 +10,11 @@ import httpx
 import pytest
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from controller.api.security import DEVICE, METRICS, PUBLIC
+from controller.auth.models import User
+from controller.auth.tokens import issue_login_link, issue_token
 from controller.auth.users import Role, create_user
 from tests.controller.operators import TEST_PASSWORD, auth_headers
 
@@ -92,6 +95,27 @@ def test_browser_login_sets_a_strict_httponly_cookie_and_needs_csrf(controller):
         assert made.status_code == 201 and made.json()["role"] == "operator"
         assert browser.post("/api/auth/logout", headers={"X-CSRF-Token": csrf}).status_code == 204
         assert browser.get("/api/auth/me").status_code == 401
+
+
+def test_a_login_link_signs_a_browser_in_once(controller):
+    name = _user(controller, "viewer")
+    with controller.sessions() as db:
+        user = db.scalar(select(User).where(User.name == name))
+        link = issue_login_link(db, user)
+        other = issue_token(db, user, "not-a-link", Role.VIEWER, 600)[1]
+        db.commit()
+    with httpx.Client(base_url=controller.api_url, timeout=10) as browser:
+        opened = browser.get("/api/auth/link", params={"token": link})
+        assert opened.status_code == 303 and opened.headers["location"] == "/"
+        me = browser.get("/api/auth/me").json()
+        assert (me["name"], me["role"], me["via"]) == (name, "viewer", "session")
+    with httpx.Client(base_url=controller.api_url, timeout=10) as stranger:
+        again = stranger.get("/api/auth/link", params={"token": link})
+        assert again.status_code == 401 and again.json()["detail"]["reason"] == "bad_link"
+        # an ordinary API token is no login link
+        token = stranger.get("/api/auth/link", params={"token": other})
+        assert token.status_code == 401
+        assert stranger.get("/api/auth/me").status_code == 401
 
 
 @SQLITE_ONLY

@@ -3,6 +3,8 @@ simulated devices that enroll, connect with their certificates and take a rollou
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from controller.demo.run import run_demo
@@ -18,6 +20,7 @@ def test_the_demo_runs_the_agent_and_rolls_the_simulated_fleet(tmp_path, capsys)
     assert result.bundle == "blazeface-short@1" and result.runtime == "litert"
     assert result.rollout == "completed", out[-2000:]
     assert "TLS broker" in out  # the simulated devices used client certificates too
+    assert re.search(r"sign in once with http://127\.0\.0\.1:\d+/api/auth/link\?token=ef_", out)
     # every simulated device got its certificate through the enrollment service
     identities = sorted(p.name for p in (tmp_path / "demo" / "sim" / "identities").iterdir())
     assert identities == sorted(
