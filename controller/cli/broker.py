@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from controller.cli.client import EXIT_API_ERROR, EXIT_OK
+from controller.cli.client import EXIT_API_ERROR, EXIT_OK, EXIT_USAGE
 
 
 def cmd_broker_config(args: argparse.Namespace) -> int:
@@ -29,7 +29,7 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
     except (OSError, ValueError, ValidationError) as exc:
         print(f"edgefleet: bad controller settings: {exc}", file=sys.stderr)
-        return EXIT_API_ERROR
+        return EXIT_USAGE
     pki = settings.enrollment.pki_dir or settings.data_dir / "pki"
     now = datetime.now(timezone.utc)
     policy = BrokerPolicy(

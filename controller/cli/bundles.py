@@ -1,28 +1,34 @@
 """`edgefleet bundles` and `edgefleet bundle build|inspect|upload`: bundles on the workstation
 (build and sign one from a spec, show what a file claims and whether it verifies) and on the
-controller (upload, list)."""
+controller (upload with a progress bar, list, show one by `name@version` or digest prefix)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from controller.cli.client import (
     EXIT_OK,
-    EXIT_UNREACHABLE,
+    EXIT_REFUSED,
+    EXIT_USAGE,
     ApiClient,
     Column,
+    UsageError,
     add_api_options,
     api_get,
+    client,
     emit,
+    file_blocks,
     local_time,
     missing_extra,
-    resolve_token,
+    progress_console,
+    resolve_bundle,
 )
 from controller.release.inspect import UnreadableBundle, inspect_report
 from controller.release.models import ModelFetchError
@@ -31,8 +37,8 @@ from controller.release.variants import OpenVinoUnavailable, VariantGenerationEr
 from ota.build import build_bundle
 from ota.keys import SigningKey
 
-EXIT_BUILD_FAILED = 1
-EXIT_REFUSED, EXIT_UNREADABLE = 1, 2
+EXIT_BUILD_FAILED = EXIT_REFUSED
+EXIT_UNREADABLE = EXIT_USAGE
 
 BUNDLE_COLUMNS: list[Column] = [
     ("digest", lambda r: r["digest"][:12]),
@@ -44,26 +50,78 @@ BUNDLE_COLUMNS: list[Column] = [
 ]
 
 
-def _blocks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as src:
-        while block := src.read(1 << 20):
-            yield block
-
-
 def cmd_bundles(args: argparse.Namespace) -> int:
     emit(args, api_get(args, "/api/bundles"), BUNDLE_COLUMNS)
     return EXIT_OK
 
 
+def upload(api: ApiClient, path: Path, console: Console | None) -> Any:
+    """Stream the file to the controller, with a progress bar on `console` when given."""
+    headers = {"content-type": "application/octet-stream"}
+    if console is None:
+        return api.request("POST", "/api/bundles", content=file_blocks(path), headers=headers)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(f"upload {path.name}", total=path.stat().st_size)
+        blocks = file_blocks(path, lambda n: progress.advance(task, n), size=1 << 18)
+        answer = api.request("POST", "/api/bundles", content=blocks, headers=headers)
+        progress.update(task, description="verified and stored")
+        return answer
+
+
 def cmd_bundle_upload(args: argparse.Namespace) -> int:
     path: Path = args.file
     if not path.is_file():
-        print(f"edgefleet: no such file: {path}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    headers = {"content-type": "application/octet-stream"}
-    with ApiClient(args.api, timeout=600.0, token=resolve_token(args.api)) as api:
-        answer = api.request("POST", "/api/bundles", content=_blocks(path), headers=headers)
+        raise UsageError(f"no such file: {path}")
+    with client(args, timeout=600.0) as api:
+        answer = upload(api, path, progress_console())
     emit(args, answer, BUNDLE_COLUMNS)
+    return EXIT_OK
+
+
+def _print_stored(bundle: dict[str, Any]) -> None:
+    manifest = bundle.get("manifest") or {}
+    compatibility = manifest.get("compatibility") or {}
+    print(f"bundle    {bundle['name']}@{bundle['version']}  ({bundle['size']} bytes)")
+    print(f"digest    {bundle['digest']}")
+    print(f"stored    {local_time(bundle['created'])}")
+    print(f"chunks    {bundle['chunks']} x {bundle['chunk_size']} bytes")
+    for key in ("created", "expires"):
+        if key in manifest:
+            print(f"{key:<9} {manifest[key]}")
+    print(f"profiles  {', '.join(compatibility.get('profiles') or []) or 'any'}")
+    for variant in manifest.get("variants", []):
+        runtime = f"{variant.get('runtime')}/{variant.get('precision', 'fp32')}"
+        print(f"variant   {runtime}  model={variant.get('model')}")
+    files = manifest.get("files")
+    for entry in files.values() if isinstance(files, dict) else files or []:
+        if isinstance(entry, dict):
+            print(f"file      {entry.get('path')}  {entry.get('size')} bytes")
+
+
+def cmd_bundle_show(args: argparse.Namespace) -> int:
+    """A stored bundle, named by `name@version` or a unique digest prefix."""
+    with client(args) as api:
+        bundle = api.get(f"/api/bundles/{resolve_bundle(api, args.bundle)}")
+    if args.output == "json":
+        emit(args, bundle, BUNDLE_COLUMNS)
+    else:
+        _print_stored(bundle)
     return EXIT_OK
 
 
@@ -109,6 +167,10 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def cmd_bundle_inspect(args: argparse.Namespace) -> int:
+    if not args.file.exists():
+        raise UsageError(
+            f"no such file: {args.file} (a bundle on the controller: `edgefleet bundle show REF`)"
+        )
     try:
         report = inspect_report(args.file, args.trust, datetime.now(timezone.utc))
     except (UnreadableBundle, OSError) as exc:
@@ -122,7 +184,7 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> int:
 
 
 def add_bundles_parsers(subparsers: Any) -> None:
-    """`bundles`, and `bundle` with its subcommands `upload`, `build` and `inspect`."""
+    """`bundles`, and `bundle` with its subcommands `upload`, `show`, `build` and `inspect`."""
     listing = subparsers.add_parser("bundles", help="list stored bundles")
     add_api_options(listing)
     listing.set_defaults(func=cmd_bundles)
@@ -130,10 +192,15 @@ def add_bundles_parsers(subparsers: Any) -> None:
     parser = subparsers.add_parser("bundle", help="work with one bundle")
     sub = parser.add_subparsers(dest="bundle_command", required=True, metavar="COMMAND")
 
-    upload = sub.add_parser("upload", help="upload a signed bundle file")
-    add_api_options(upload)
-    upload.add_argument("file", type=Path)
-    upload.set_defaults(func=cmd_bundle_upload)
+    uploading = sub.add_parser("upload", help="upload a signed bundle file")
+    add_api_options(uploading)
+    uploading.add_argument("file", type=Path)
+    uploading.set_defaults(func=cmd_bundle_upload)
+
+    show = sub.add_parser("show", help="a stored bundle: name@version or a digest prefix")
+    add_api_options(show)
+    show.add_argument("bundle", metavar="BUNDLE")
+    show.set_defaults(func=cmd_bundle_show)
 
     build = sub.add_parser("build", help="build and sign a bundle from a spec")
     build.add_argument("spec", type=Path, help="bundle spec YAML")

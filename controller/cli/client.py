@@ -13,7 +13,8 @@ import os
 import ssl
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -22,11 +23,27 @@ from rich.console import Console
 from rich.table import Table
 
 DEFAULT_API = "http://127.0.0.1:8080"
-EXIT_OK, EXIT_API_ERROR, EXIT_UNREACHABLE = 0, 1, 2
-EXIT_NOT_AUTHENTICATED = 4
 TOKEN_ENV = "EDGEFLEET_TOKEN"  # noqa: S105 - a variable name, not a secret
-# a command whose optional packages are missing cannot run at all, like one without a controller
-EXIT_NOT_INSTALLED = 2
+API_ENV = "EDGEFLEET_API"
+
+# The exit codes of every `edgefleet` command (README, "The command line"): commands return
+# these, and `exit_code` maps the errors they raise to them.
+EXIT_OK = 0
+# the controller answered and refused (HTTP 4xx other than 401, 403 included), or what was
+# asked for failed (a deployment that failed, a rollout that halted, a bundle that is refused)
+EXIT_REFUSED = 1
+# a bad command line: argparse's own errors, a flag's value that does not parse, a file
+# argument that cannot be read, or a command whose extra is not installed here
+EXIT_USAGE = 2
+# no usable answer from the controller: refused connection, timeout, TLS failure, HTTP 5xx
+EXIT_UNREACHABLE = 3
+# the controller wants credentials (HTTP 401): none found, expired, revoked or disabled
+EXIT_NOT_AUTHENTICATED = 4
+EXIT_INTERRUPTED = 130
+EXIT_API_ERROR = EXIT_REFUSED
+# a command whose optional packages are missing cannot be used here: a usage error, like the
+# console script's launcher says
+EXIT_NOT_INSTALLED = EXIT_USAGE
 
 Column = tuple[str, Callable[[dict[str, Any]], str]]
 """A table column: its header and how to render a row's cell."""
@@ -34,18 +51,44 @@ Column = tuple[str, Callable[[dict[str, Any]], str]]
 _OUR_PACKAGES = frozenset({"protocol", "ota", "device_profiles", "agent", "controller"})
 
 
+class UsageError(Exception):
+    """A command line that cannot be run as given (exit code 2)."""
+
+
+class Refused(Exception):
+    """What was asked for was refused or failed, found out without an HTTP error (exit 1)."""
+
+
 class ControllerUnreachable(Exception):
-    """No answer from the controller at all (refused, timed out, bad address)."""
+    """No usable answer from the controller (refused, timed out, bad address, HTTP 5xx)."""
 
 
 class ApiError(Exception):
     """The controller answered with an error status."""
 
     def __init__(self, status: int, detail: Any) -> None:
+        self.reason: str | None = None
         if isinstance(detail, dict) and "reason" in detail:
-            detail = f"{detail['reason']}: {detail.get('detail', '')}"
+            self.reason = str(detail["reason"])
+            detail = f"{detail['reason']}: {_plain(detail.get('detail', ''))}"
+        elif isinstance(detail, list):  # FastAPI's validation errors: one line each
+            detail = "invalid request: " + _plain(detail)
         super().__init__(f"HTTP {status}: {detail}")
         self.status = status
+
+
+def _plain(detail: Any) -> str:
+    """A validation error list as `field: message; ...`, anything else as text."""
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                where = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+                parts.append(f"{where}: {item.get('msg', '')}" if where else str(item.get("msg")))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    return str(detail)
 
 
 class NotAuthenticated(ApiError):
@@ -54,6 +97,25 @@ class NotAuthenticated(ApiError):
     def __init__(self, status: int, detail: Any) -> None:
         super().__init__(status, detail)
         self.args = (f"{self.args[0]} (run `edgefleet login`, or set {TOKEN_ENV} to an API token)",)
+
+
+class Forbidden(ApiError):
+    """The caller is signed in but its role does not allow this (HTTP 403)."""
+
+
+def exit_code(exc: BaseException) -> int | None:
+    """The documented exit code for an error a command raised, or None for a bug (raise it)."""
+    if isinstance(exc, NotAuthenticated):
+        return EXIT_NOT_AUTHENTICATED
+    if isinstance(exc, (ApiError, Refused)):
+        return EXIT_REFUSED
+    if isinstance(exc, ControllerUnreachable):
+        return EXIT_UNREACHABLE
+    if isinstance(exc, (UsageError, MissingExtra)):
+        return EXIT_USAGE
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    return None
 
 
 def config_dir() -> Path:
@@ -66,34 +128,88 @@ def credentials_path() -> Path:
     return config_dir() / "credentials.json"
 
 
-def _read_credentials(path: Path) -> dict[str, str]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {str(k): str(v) for k, v in data.items() if isinstance(v, str)}
+@dataclass
+class Credentials:
+    """What `edgefleet login` keeps: a token per controller URL, and the controller last
+    signed in to (used when neither --api nor $EDGEFLEET_API names one)."""
+
+    tokens: dict[str, dict[str, str]] = field(default_factory=dict)
+    default_api: str | None = None
+
+    @classmethod
+    def read(cls, path: Path | None = None) -> Credentials:
+        try:
+            data = json.loads((path or credentials_path()).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return cls()
+        if not isinstance(data, dict):
+            return cls()
+        tokens: dict[str, dict[str, str]] = {}
+        raw = data.get("controllers")
+        if raw is None and "default" not in data:  # the first format: {url: token}
+            raw = {api: {"token": t} for api, t in data.items() if isinstance(t, str)}
+        if isinstance(raw, dict):
+            for api, entry in raw.items():
+                if isinstance(entry, dict) and isinstance(entry.get("token"), str):
+                    tokens[str(api)] = {k: str(v) for k, v in entry.items() if v is not None}
+        default = data.get("default")
+        return cls(tokens, default if isinstance(default, str) else None)
+
+    def write(self, path: Path | None = None) -> Path:
+        """Write the file readable by this user only (0600, in a 0700 folder)."""
+        path = path or credentials_path()
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path.parent, 0o700)
+        partial = path.with_suffix(".tmp")
+        partial.unlink(missing_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump({"default": self.default_api, "controllers": self.tokens}, out, indent=2)
+        os.replace(partial, path)
+        return path
+
+
+def _key(api: str) -> str:
+    return api.rstrip("/")
 
 
 def stored_token(api: str, path: Path | None = None) -> str | None:
     """The token `edgefleet login` stored for the controller at `api`, if any."""
-    return _read_credentials(path or credentials_path()).get(api.rstrip("/"))
+    return Credentials.read(path).tokens.get(_key(api), {}).get("token")
 
 
-def store_token(api: str, token: str, path: Path | None = None) -> Path:
-    """Keep `token` for `api` in the credentials file, readable by this user only (0600)."""
+def store_token(
+    api: str, token: str, path: Path | None = None, token_id: str | None = None, user: str = ""
+) -> Path:
+    """Keep `token` for `api` in the credentials file (0600); `api` becomes the default."""
+    creds = Credentials.read(path)
+    entry = {"token": token, "user": user}
+    if token_id:
+        entry["id"] = token_id
+    creds.tokens[_key(api)] = entry
+    creds.default_api = _key(api)
+    return creds.write(path)
+
+
+def forget_token(api: str, path: Path | None = None) -> dict[str, str] | None:
+    """Remove what was kept for `api`; the entry removed, or None when there was none."""
     path = path or credentials_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    data = _read_credentials(path)
-    data[api.rstrip("/")] = token
-    partial = path.with_suffix(".tmp")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(data, out, indent=2)
-    os.chmod(partial, 0o600)
-    os.replace(partial, path)
-    return path
+    creds = Credentials.read(path)
+    entry = creds.tokens.pop(_key(api), None)
+    if entry is None:
+        return None
+    if creds.default_api == _key(api):
+        creds.default_api = next(iter(creds.tokens), None)
+    if creds.tokens:
+        creds.write(path)
+    else:
+        path.unlink(missing_ok=True)
+    return entry
+
+
+def default_api() -> str:
+    """$EDGEFLEET_API, else the controller last signed in to, else the local one."""
+    return os.environ.get(API_ENV) or Credentials.read().default_api or DEFAULT_API
 
 
 def resolve_token(api: str) -> str | None:
@@ -141,6 +257,17 @@ class ApiClient:
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """The decoded JSON answer. Raises ControllerUnreachable, ApiError."""
+        response = self._send(method, path, **kwargs)
+        if response.status_code == 204:
+            return None
+        return response.json()
+
+    def content(self, path: str) -> bytes:
+        """The bytes a GET answers (a snapshot's JPEG). Raises ControllerUnreachable,
+        ApiError."""
+        return self._send("GET", path).content
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -151,14 +278,20 @@ class ApiClient:
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)
-            except ValueError:
+            except (ValueError, AttributeError):
                 detail = response.text
-            if response.status_code == 401:
-                raise NotAuthenticated(response.status_code, detail)
-            raise ApiError(response.status_code, detail)
-        if response.status_code == 204:
-            return None
-        return response.json()
+            status = response.status_code
+            if status >= 500:
+                raise ControllerUnreachable(
+                    f"the controller at {self.base_url} could not answer: "
+                    f"{ApiError(status, detail)}"
+                )
+            if status == 401:
+                raise NotAuthenticated(status, detail)
+            if status == 403:
+                raise Forbidden(status, detail)
+            raise ApiError(status, detail)
+        return response
 
     def get(self, path: str, **params: Any) -> Any:
         """GET with the parameters that are not None. Raises ControllerUnreachable, ApiError."""
@@ -175,9 +308,42 @@ class ApiClient:
         self.close()
 
 
-def client(args: argparse.Namespace) -> ApiClient:
+def client(args: argparse.Namespace, timeout: float = 10.0) -> ApiClient:
     """A client for the controller named by `--api`; close it (or use it in a `with`)."""
-    return ApiClient(args.api, token=resolve_token(args.api))
+    return ApiClient(args.api, timeout=timeout, token=resolve_token(args.api))
+
+
+def resolve_bundle(api: ApiClient, ref: str) -> str:
+    """The full digest of the stored bundle `ref` names: `name@version`, a digest, or a unique
+    digest prefix (the controller resolves it). Raises ApiError (unknown, ambiguous,
+    malformed), ControllerUnreachable."""
+    ref = ref.strip()
+    if not ref or "/" in ref:
+        raise UsageError(f"not a bundle reference: {ref!r} (name@version or a digest prefix)")
+    try:
+        answer = api.get(f"/api/bundle-refs/{ref}")
+    except (NotAuthenticated, Forbidden):
+        raise
+    except ApiError as exc:
+        raise Refused(f"{exc} (stored bundles: `edgefleet bundles`)") from None
+    return str(answer["digest"])
+
+
+def progress_console() -> Console | None:
+    """Where progress goes: stderr when it is a terminal, else nowhere, so output piped or
+    parsed (`--output json`) carries nothing but the result."""
+    return Console(file=sys.stderr) if sys.stderr.isatty() else None
+
+
+def file_blocks(
+    path: Path, advance: Callable[[int], None] | None = None, size: int = 1 << 20
+) -> Iterator[bytes]:
+    """The file in blocks, calling `advance(len(block))` as each one is handed on."""
+    with path.open("rb") as src:
+        while block := src.read(size):
+            yield block
+            if advance is not None:
+                advance(len(block))
 
 
 def api_get(args: argparse.Namespace, path: str, **params: Any) -> Any:
@@ -191,6 +357,31 @@ def api_request(args: argparse.Namespace, method: str, path: str, **kwargs: Any)
     ApiError."""
     with client(args) as api:
         return api.request(method, path, **kwargs)
+
+
+def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command; every error it is known to raise becomes one line on stderr and its
+    documented exit code."""
+    try:
+        return int(func(args))
+    except (Exception, KeyboardInterrupt) as exc:
+        code = exit_code(exc)
+        if code is None:
+            raise
+        if not isinstance(exc, KeyboardInterrupt):
+            print(f"edgefleet: {exc}", file=sys.stderr)
+        return code
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
 
 
 def add_api_options(parser: argparse.ArgumentParser) -> None:

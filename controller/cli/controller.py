@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from controller.cli.client import EXIT_API_ERROR, EXIT_OK, EXIT_UNREACHABLE, missing_extra
+from controller.cli.client import EXIT_API_ERROR, EXIT_OK, EXIT_USAGE, missing_extra
 from protocol.logs import configure_logging
 
 
@@ -29,7 +29,7 @@ def cmd_controller_run(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
     except (OSError, ValueError, ValidationError) as exc:
         print(f"edgefleet: bad controller settings: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return EXIT_USAGE
     # one handler for the controller and its libraries (uvicorn, paho, SQLAlchemy, APScheduler)
     configure_logging(logging.INFO, settings.log_format)
     try:

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from controller.cli.client import EXIT_OK, missing_extra
+from controller.cli.client import EXIT_OK, EXIT_REFUSED, missing_extra
 
-EXIT_DEMO_FAILED = 1
+EXIT_DEMO_FAILED = EXIT_REFUSED
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

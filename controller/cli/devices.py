@@ -1,18 +1,26 @@
-"""`edgefleet devices`, `detections` and `events`: what the fleet's devices report."""
+"""`edgefleet devices`, `snapshot`, `detections` and `events`: what the fleet's devices report,
+enrollment decisions, and a snapshot asked of one device."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from controller.cli.client import (
     EXIT_OK,
+    ApiClient,
+    ApiError,
     Column,
+    Refused,
     add_api_options,
     ago,
     api_get,
     api_request,
+    client,
     emit,
     local_time,
 )
@@ -31,6 +39,7 @@ DETECTION_COLUMNS: list[Column] = [
     ("device", lambda r: r["device"]),
     ("camera", lambda r: r["camera"]),
     ("label", lambda r: r["label"]),
+    ("track", lambda r: "-" if r.get("track_id") is None else str(r["track_id"])),
     ("score", lambda r: f"{r['score']:.2f}"),
     ("box", lambda r: f"{r['x1']:.2f},{r['y1']:.2f} {r['x2']:.2f},{r['y2']:.2f}"),
 ]
@@ -93,6 +102,52 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+SNAPSHOT_COLUMNS: list[Column] = [
+    ("snapshot", lambda r: r["snapshot_id"]),
+    ("command", lambda r: r["cmd_id"]),
+    ("url", lambda r: r["url"]),
+    ("saved", lambda r: r.get("saved") or "-"),
+]
+
+
+def cmd_device_show(args: argparse.Namespace) -> int:
+    with client(args) as api:
+        device = api.get(f"/api/devices/{args.device}")
+    if args.output == "json":
+        emit(args, device, DEVICE_COLUMNS)
+        return EXIT_OK
+    for key, value in device.items():
+        shown = value if isinstance(value, str) else json.dumps(value)
+        print(f"{key:<16} {shown}")
+    return EXIT_OK
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """Ask the device for a track's best frame; with --out, wait for it and save the JPEG."""
+    with client(args) as api:
+        body = {"camera": args.camera, "track_id": args.track}
+        asked = api.request("POST", f"/api/devices/{args.device}/snapshot", json=body)
+        if args.out is not None:
+            jpeg = _wait_for_snapshot(api, asked["snapshot_id"], args.timeout)
+            args.out.write_bytes(jpeg)
+            asked["saved"] = str(args.out)
+    emit(args, asked, SNAPSHOT_COLUMNS)
+    return EXIT_OK
+
+
+def _wait_for_snapshot(api: ApiClient, snapshot_id: str, timeout: float) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return api.content(f"/api/snapshots/{snapshot_id}")
+        except ApiError as exc:
+            if exc.status != 404 or "not uploaded yet" not in str(exc):
+                raise
+        if time.monotonic() >= deadline:
+            raise Refused(f"snapshot {snapshot_id} not uploaded after {timeout:g} s")
+        time.sleep(0.5)
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     emit(args, api_get(args, "/api/devices"), DEVICE_COLUMNS)
     return EXIT_OK
@@ -111,11 +166,16 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def add_devices_parsers(subparsers: Any) -> None:
-    """`devices`, `detections` and `events`."""
+    """`devices` (and `devices show|pending|approve|...`), `enroll`, `snapshot`, `detections`
+    and `events`."""
     devices = subparsers.add_parser("devices", help="list devices; enrollment decisions")
     add_api_options(devices)
     devices.set_defaults(func=cmd_devices)
     decisions = devices.add_subparsers(dest="devices_command", metavar="{pending,approve,...}")
+    show = decisions.add_parser("show", help="one device: its state, runtimes, active bundle")
+    add_api_options(show)
+    show.add_argument("device")
+    show.set_defaults(func=cmd_device_show)
     pending = decisions.add_parser("pending", help="devices waiting for approval")
     add_api_options(pending)
     pending.add_argument("--all", action="store_true", help="every identity, any status")
@@ -146,6 +206,17 @@ def add_devices_parsers(subparsers: Any) -> None:
     create.add_argument("--device", default=None, help="bind the token to this device id")
     create.add_argument("--ttl", type=int, default=86400, help="seconds it stays valid")
     create.set_defaults(func=cmd_token_create)
+
+    snapshot = subparsers.add_parser(
+        "snapshot", help="ask a device for a track's best frame (--out: wait and save it)"
+    )
+    add_api_options(snapshot)
+    snapshot.add_argument("device", metavar="DEVICE")
+    snapshot.add_argument("--camera", required=True)
+    snapshot.add_argument("--track", type=int, required=True, help="a detection's track id")
+    snapshot.add_argument("--out", type=Path, default=None, help="wait for the JPEG, save here")
+    snapshot.add_argument("--timeout", type=float, default=30.0, metavar="S", help="with --out")
+    snapshot.set_defaults(func=cmd_snapshot)
 
     detections = subparsers.add_parser("detections", help="latest detections")
     add_api_options(detections)

@@ -7,7 +7,16 @@ import argparse
 import json
 from typing import Any
 
-from controller.cli.client import EXIT_OK, Column, add_api_options, ago, api_get, api_request, emit
+from controller.cli.client import (
+    EXIT_OK,
+    Column,
+    UsageError,
+    add_api_options,
+    ago,
+    api_get,
+    api_request,
+    emit,
+)
 
 GROUP_COLUMNS: list[Column] = [
     ("group", lambda r: r["name"]),
@@ -113,13 +122,13 @@ def cmd_targets(args: argparse.Namespace) -> int:
 def _action(name: str) -> Any:
     def run(args: argparse.Namespace) -> int:
         if (args.device_id is None) == (args.group is None):
-            raise SystemExit(f"edgefleet {name}: give a DEVICE or --group, not both")
+            raise UsageError(f"{name}: give a DEVICE or --group, not both")
         body: dict[str, Any] = {}
         if name == "set-config":
             try:
                 body["config"] = json.loads(args.config)
             except ValueError as exc:
-                raise SystemExit(f"edgefleet set-config: CONFIG is not JSON ({exc})") from None
+                raise UsageError(f"set-config: --config is not JSON ({exc})") from None
         where = f"/api/devices/{args.device_id}" if args.device_id else f"/api/groups/{args.group}"
         rows = api_request(args, "POST", f"{where}/{name}", json=body or None)
         emit(args, rows, SENT_COLUMNS)

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from controller.auth.signing import PASSPHRASE_ENV, ROOT_EXPIRY_WARNING_DAYS, root_expiry_warning
+from controller.cli.client import EXIT_OK, EXIT_REFUSED
 from ota.atomic import write_atomic
 from ota.errors import RootRefused
 from ota.keys import PublicKey, SigningKey, is_encrypted_pem
@@ -187,7 +188,7 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     existing = _pem_files(folder)
     if existing and not args.force:
         print(f"edgefleet: {existing[0]} exists; use --force to replace it", file=sys.stderr)
-        return 1
+        return EXIT_REFUSED
     if args.force:
         for old in [*folder.glob("root*.json"), *existing, *_public_files(folder)]:
             old.unlink()
@@ -213,7 +214,7 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
         f"command {args.command_threshold} of {args.command_keys}; copy {DEVICE_FILE} to "
         f"devices and the controller, and give the controller {folder / 'command'}/ only"
     )
-    return 0
+    return EXIT_OK
 
 
 def _public_files(folder: Path) -> list[Path]:
@@ -236,7 +237,7 @@ def cmd_keys_rotate_root(args: argparse.Namespace) -> int:
     )
     _publish(folder, current, signed, new_keys)
     print("the old root keys no longer sign anything; move their .pem files offline")
-    return 0
+    return EXIT_OK
 
 
 def cmd_keys_add_release(args: argparse.Namespace) -> int:
@@ -252,7 +253,7 @@ def cmd_keys_add_release(args: argparse.Namespace) -> int:
         release_threshold=args.release_threshold or release.threshold,
     )
     _publish(folder, current, signed, [])
-    return 0
+    return EXIT_OK
 
 
 def cmd_keys_add_command(args: argparse.Namespace) -> int:
@@ -273,7 +274,7 @@ def cmd_keys_add_command(args: argparse.Namespace) -> int:
         "push the new root to every device, then point the controller's command_key_path at "
         "the new key; `keys remove-command` drops the old one afterwards"
     )
-    return 0
+    return EXIT_OK
 
 
 def cmd_keys_remove_command(args: argparse.Namespace) -> int:
@@ -296,7 +297,7 @@ def cmd_keys_remove_command(args: argparse.Namespace) -> int:
     )
     _publish(folder, current, signed, [])
     print(f"removed command key {matches[0][:16]}…; push the new root to every device")
-    return 0
+    return EXIT_OK
 
 
 def cmd_keys_revoke_release(args: argparse.Namespace) -> int:
@@ -317,7 +318,7 @@ def cmd_keys_revoke_release(args: argparse.Namespace) -> int:
     signed = _next_root(current, args.expires_days, release_threshold=threshold, revoked=revoked)
     _publish(folder, current, signed, [])
     print(f"revoked release key {matches[0][:16]}…; push the new root to every device")
-    return 0
+    return EXIT_OK
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
@@ -341,7 +342,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             where = files.get(keyid)
             print(f"  {keyid[:16]}…{state}  {where if where else '(not in this folder)'}")
     _warn_expiry(folder, args.warn_days)
-    return 0
+    return EXIT_OK
 
 
 def _guarded(func: Any) -> Any:
@@ -350,8 +351,8 @@ def _guarded(func: Any) -> Any:
             code = int(func(args))
         except (KeysError, RootRefused, ValidationError, ValueError, TypeError, OSError) as exc:
             print(f"edgefleet: {exc}", file=sys.stderr)
-            return 1
-        if func is not cmd_keys_list and code == 0:
+            return EXIT_REFUSED
+        if func is not cmd_keys_list and code == EXIT_OK:
             _warn_expiry(args.dir)
         return code
 

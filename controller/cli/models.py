@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from controller.cli.client import EXIT_OK
+from controller.cli.client import EXIT_OK, EXIT_REFUSED
 from controller.release.models import PINNED_MODELS, ModelFetchError, fetch_all, fetch_model
 
-EXIT_FETCH_FAILED = 1
+EXIT_FETCH_FAILED = EXIT_REFUSED
 
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller.cli.client import EXIT_OK, missing_extra
+from controller.cli.client import EXIT_OK, EXIT_REFUSED, missing_extra
 
-EXIT_SIM_FAILED = 1
+EXIT_SIM_FAILED = EXIT_REFUSED
 
 _RATES = (
     ("fail_download", "transfer given up half way (stalled)"),

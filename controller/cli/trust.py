@@ -11,7 +11,7 @@ from typing import Any
 from controller.auth.signing import ROOT_EXPIRY_WARNING_DAYS, root_expiry_warning
 from controller.cli.client import (
     EXIT_OK,
-    EXIT_UNREACHABLE,
+    EXIT_USAGE,
     Column,
     add_api_options,
     api_request,
@@ -38,7 +38,7 @@ def cmd_trust_push(args: argparse.Namespace) -> int:
         body = request_body(args.roots)
     except OSError as exc:
         print(f"edgefleet: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return EXIT_USAGE
     # the newest root is the one devices will hold: say so if it is about to run out
     warning = root_expiry_warning(args.roots[-1], days=args.warn_days)
     if warning is not None:

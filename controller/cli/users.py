@@ -1,4 +1,4 @@
-"""`edgefleet users`, `tokens` and `login`: operators' accounts and credentials.
+"""`edgefleet users`, `tokens`, `login` and `logout`: operators' accounts and credentials.
 
 `users create` writes the controller's database directly when no credentials are at hand (or
 with `--local`), which is how the first admin is made on the controller's host; everything
@@ -17,12 +17,16 @@ from controller.cli.client import (
     EXIT_API_ERROR,
     EXIT_OK,
     ApiClient,
+    ApiError,
     Column,
+    ControllerUnreachable,
+    UsageError,
     add_api_options,
     ago,
     api_get,
     api_request,
     emit,
+    forget_token,
     local_time,
     missing_extra,
     resolve_token,
@@ -53,7 +57,7 @@ def read_password(args: argparse.Namespace, confirm: bool) -> str:
         return sys.stdin.readline().rstrip("\r\n")
     password = getpass.getpass("password: ")
     if confirm and getpass.getpass("again: ") != password:
-        raise SystemExit("edgefleet: the passwords differ")
+        raise UsageError("the passwords differ")
     return password
 
 
@@ -143,25 +147,60 @@ def cmd_users_bootstrap(args: argparse.Namespace) -> int:
     body = {"secret": args.secret, "name": args.name, "password": password}
     with ApiClient(args.api) as api:
         made = api.request("POST", "/api/auth/bootstrap", json=body)
-    path = store_token(args.api, made["token"])
+    path = store_token(args.api, made["token"], token_id=made.get("id"), user=args.name)
     print(f"first admin {args.name!r} created; token kept in {path}", file=sys.stderr)
     return EXIT_OK
 
 
+def _ask(prompt: str, default: str | None = None) -> str:
+    """One answer from the terminal; the default when the answer is empty."""
+    shown = f"{prompt} [{default}]: " if default else f"{prompt}: "
+    try:
+        answer = input(shown).strip()
+    except EOFError:
+        answer = ""
+    if not answer and default is None:
+        raise UsageError(f"{prompt} is needed")
+    return answer or (default or "")
+
+
 def cmd_login(args: argparse.Namespace) -> int:
-    """Exchange a user name and password for an API token, kept 0600 in the config folder."""
-    name = args.user or input("user: ")
+    """Exchange a user name and password for an API token, kept 0600 in the config folder;
+    the controller signed in to becomes the default of later commands."""
+    api = args.url or args.api
+    if args.url is None and args.user is None and sys.stdin.isatty():
+        api = _ask("controller URL", api)
+    args.api = api.rstrip("/")
+    name = args.user or _ask("user")
     password = read_password(args, confirm=False)
     body: dict[str, Any] = {"name": name, "password": password, "token_name": args.token_name}
     if args.ttl_days is not None:
         body["ttl_s"] = args.ttl_days * 86400
-    with ApiClient(args.api) as api:
-        made = api.request("POST", "/api/auth/token", json=body)
-    path = store_token(args.api, made["token"])
+    with ApiClient(args.api) as api_client:
+        made = api_client.request("POST", "/api/auth/token", json=body)
+    path = store_token(args.api, made["token"], token_id=made.get("id"), user=name)
     if args.output == "json":
         emit(args, {k: v for k, v in made.items() if k != "token"}, TOKEN_COLUMNS)
     else:
         print(f"logged in to {args.api} as {name} ({made['role']}); token kept in {path}")
+    return EXIT_OK
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    """Revoke the kept token on the controller (when it answers) and forget it here."""
+    api = (args.url or args.api).rstrip("/")
+    entry = forget_token(api)
+    if entry is None:
+        print(f"edgefleet: not logged in to {api}", file=sys.stderr)
+        return EXIT_OK
+    if entry.get("id") and not args.keep_token:
+        try:
+            with ApiClient(api, token=entry["token"]) as api_client:
+                api_client.request("DELETE", f"/api/tokens/{entry['id']}")
+        except (ApiError, ControllerUnreachable) as exc:
+            # forgotten here all the same; it ends when it expires or an admin revokes it
+            print(f"edgefleet: warning: the token was not revoked: {exc}", file=sys.stderr)
+    print(f"logged out of {api}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -196,7 +235,8 @@ def _password_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_users_parsers(subparsers: Any) -> None:
-    """`users create|list|disable|set-role|bootstrap`, `tokens create|list|revoke`, `login`."""
+    """`users create|list|disable|set-role|bootstrap`, `tokens create|list|revoke`, `login`,
+    `logout`."""
     users = subparsers.add_parser("users", help="operators' accounts")
     users_sub = users.add_subparsers(dest="users_command", required=True)
 
@@ -256,10 +296,26 @@ def add_users_parsers(subparsers: Any) -> None:
     t_revoke.add_argument("id")
     t_revoke.set_defaults(func=cmd_tokens_revoke)
 
-    login = subparsers.add_parser("login", help="sign in; the token is kept for later commands")
+    login = subparsers.add_parser(
+        "login",
+        help="sign in; the token is kept (0600) for later commands",
+        description="Sign in with a user name and password; the API token it gets is kept, "
+        "readable by you only, in $XDG_CONFIG_HOME/edgefleet/credentials.json (default "
+        "~/.config/edgefleet) and used when EDGEFLEET_TOKEN is not set. The controller signed "
+        "in to becomes the default when neither --api nor EDGEFLEET_API names one.",
+    )
     add_api_options(login)
-    login.add_argument("--user", default=None)
+    login.add_argument("url", nargs="?", default=None, help="controller URL (default: --api)")
+    login.add_argument("--user", default=None, help="asked when not given")
     login.add_argument("--token-name", default="cli")
     login.add_argument("--ttl-days", type=float, default=None)
     _password_option(login)
     login.set_defaults(func=cmd_login)
+
+    logout = subparsers.add_parser("logout", help="revoke and forget the kept token")
+    add_api_options(logout)
+    logout.add_argument("url", nargs="?", default=None, help="controller URL (default: --api)")
+    logout.add_argument(
+        "--keep-token", action="store_true", help="forget it here without revoking it"
+    )
+    logout.set_defaults(func=cmd_logout)

@@ -61,7 +61,7 @@ def test_help_and_api_commands_need_no_server_packages():
     assert edgefleet_without_extras("--help").returncode == 0
     done = edgefleet_without_extras("--api", f"http://127.0.0.1:{free_port()}", "devices")
     # it got as far as asking the controller
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 3, done.stderr
     assert done.stderr.startswith("edgefleet: cannot reach the controller at "), done.stderr
 
 

@@ -80,10 +80,10 @@ def test_cli_tables_are_readable(capsys, controller, agent):
     assert "cam-a" in out and "coral-usb" in out and "online" in out
 
 
-def test_unreachable_controller_is_one_line_and_exit_code_2(capsys):
+def test_unreachable_controller_is_one_line_and_exit_code_3(capsys):
     code = main(["--api", f"http://127.0.0.1:{free_port()}", "devices"])
     err = capsys.readouterr().err
-    assert code == 2
+    assert code == 3
     assert err.startswith("edgefleet: cannot reach the controller at http://127.0.0.1:")
     assert err.count("\n") == 1 and "Traceback" not in err
 
