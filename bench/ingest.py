@@ -231,6 +231,9 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--kill-one", action="store_true", help="SIGKILL replica 1 mid-run")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument(
+        "--broker-config", default="", help="extra mosquitto.conf lines (';' between lines)"
+    )
     args = parser.parse_args()
     if args.kill_one and args.replicas < 2:
         parser.error("--kill-one needs --replicas 2 or more")
@@ -250,7 +253,8 @@ def main() -> int:
         db_url = f"sqlite:///{workdir / 'controller.db'}"
     upgrade_database(db_url)
     engine = make_engine(db_url)
-    broker = MosquittoBroker(workdir=workdir / "broker").start()
+    extra = "\n".join(line.strip() for line in args.broker_config.split(";"))
+    broker = MosquittoBroker(workdir=workdir / "broker", extra_config=extra).start()
     ctx = multiprocessing.get_context("fork")
     results: Any = ctx.Queue()
     sending, stop = ctx.Event(), ctx.Event()

@@ -13,7 +13,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from operator import itemgetter
 from typing import Any, cast
 
 from sqlalchemy import Table, select, text, update
@@ -132,8 +132,8 @@ def _event_row(msg: Event | Ack, received: float) -> dict[str, Any]:
         )
     else:
         row.update(
-            kind=msg.kind,
-            level=msg.level,
+            kind=msg.kind.value,
+            level=msg.level.value,
             bundle=msg.bundle,
             reason=msg.reason,
             message=msg.message,
@@ -186,10 +186,6 @@ class WriteState:
             self.known_devices.discard(device)
 
 
-def _plain(value: Any) -> Any:
-    return value.value if isinstance(value, Enum) else value
-
-
 def _insert_ignoring_duplicates(
     session: Session, table: Table, rows: Sequence[dict[str, Any]], key: Sequence[str]
 ) -> None:
@@ -202,9 +198,9 @@ def _insert_ignoring_duplicates(
         f"VALUES ({', '.join([mark] * len(columns))}) "
         f"ON CONFLICT ({', '.join(key)}) DO NOTHING"
     )
-    session.connection().exec_driver_sql(
-        sql, [tuple(_plain(row[c]) for c in columns) for row in rows]
-    )
+    # rows hold plain values (enums as their values): one C-level getter per row
+    values = itemgetter(*columns)
+    session.connection().exec_driver_sql(sql, [values(row) for row in rows])
 
 
 def drop_misaddressed(session: Session, batch: Sequence[Accepted]) -> tuple[list[Accepted], int]:
