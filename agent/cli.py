@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,14 +11,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from agent.settings import AgentSettings
+from protocol.logs import configure_logging
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-    )
+    # text or JSON ($EDGEFLEET_LOG_FORMAT), the same as the controller's
+    configure_logging(level)
 
 
 def _settings(args: argparse.Namespace) -> AgentSettings:

@@ -17,6 +17,7 @@ is accepted only when the local file already configures that camera exactly so.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -66,7 +67,10 @@ class ConfigRejected(Exception):
         self.reason = reason
 
 
+@functools.cache
 def _patch_model() -> type[BaseModel]:
+    """The settable fields as a model of their own; built on the first overlay or set-config,
+    so an agent that is never reconfigured does not carry it."""
     fields: dict[str, Any] = {
         name: (info.annotation, info)
         for name, info in AgentSettings.model_fields.items()
@@ -75,12 +79,9 @@ def _patch_model() -> type[BaseModel]:
     return create_model("RuntimePatch", __config__=ConfigDict(extra="forbid"), **fields)
 
 
-_PATCH = _patch_model()
-
-
 def settable_fields() -> frozenset[str]:
     """Names of the settings `set-config` may change."""
-    return frozenset(_PATCH.model_fields)
+    return SETTABLE_FIELDS & frozenset(AgentSettings.model_fields)
 
 
 def validate_patch(patch: dict[str, Any]) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def validate_patch(patch: dict[str, Any]) -> dict[str, Any]:
             f"settable: {', '.join(sorted(settable_fields()))}",
         )
     try:
-        model = _PATCH.model_validate(patch)
+        model = _patch_model().model_validate(patch)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10]
@@ -145,6 +146,8 @@ def save_overlay(data_dir: Path, overlay: dict[str, Any]) -> None:
 def apply_overlay(settings: AgentSettings, overlay: dict[str, Any]) -> AgentSettings:
     """`settings` with the overlay's fields replaced; raises ConfigRejected on a bad overlay,
     including cameras that `settings` (the local file) does not allow a remote document."""
+    if not overlay:
+        return settings  # nothing saved: the common start
     values = validate_patch(overlay)
     if "cameras" in values:
         check_remote_cameras(values["cameras"], settings)
@@ -208,7 +211,7 @@ def merge_patch(overlay: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any
     validate_patch(patch)
     merged = {**overlay, **patch}
     values = validate_patch(merged)
-    dumped = _PATCH.model_validate(merged).model_dump(mode="json", exclude_unset=True)
+    dumped = _patch_model().model_validate(merged).model_dump(mode="json", exclude_unset=True)
     return {name: dumped[name] for name in values}
 
 

@@ -48,7 +48,7 @@ from agent.selection import RuntimeHosts, choose_device, choose_runtime, probe_r
 from agent.settings import AgentSettings
 from agent.systemd import Notifier
 from ota.install import InstalledBundle, SlotStore, StoreCorrupt
-from ota.trust_file import load_trust_store
+from ota.trust import TrustStore
 from protocol.codec import encode
 from protocol.events import DeviceStatus, EventKind, EventLevel, InstallReason
 from protocol.messages import (
@@ -94,7 +94,9 @@ class Agent:
         self.store = SlotStore(self.data_dir / "bundles")
         # renews the enrolled certificate while the agent runs (None: no enrollment)
         self.renewal: RenewalTimer | None = None
-        self.session = AgentSession(self._broker_settings(), self.device_id, self.state)
+        self.session = AgentSession(
+            self._broker_settings(), self.device_id, self.state, tags=settings.tags
+        )
         # detections and deployment events go to disk first; the pump publishes them from there
         self.outbox = Outbox(
             settings.outbox.path or self.data_dir / "outbox.sqlite", settings.outbox
@@ -154,11 +156,16 @@ class Agent:
         # every command is checked against the trust file as it is now (a trust-update may
         # have just changed its command keys); seen ids persist so a replay fails after restart
         self.seen_commands = SeenCommands(self.data_dir / "commands-seen.sqlite")
-        guard = CommandGuard(
-            self.device_id, lambda: load_trust_store(settings.trust_file), self.seen_commands
-        )
+        guard = CommandGuard(self.device_id, self._trust, self.seen_commands)
         self.commands = CommandHandler(self, self._ack, guard=guard)
         self._stop = threading.Event()
+
+    def _trust(self) -> TrustStore:
+        """The trust file as it is now, for one command; ota.trust_file (root documents and
+        their models) loads with the first command, not with the agent."""
+        from ota.trust_file import load_trust_store
+
+        return load_trust_store(self.settings.trust_file)
 
     # ---- state and events -------------------------------------------------------------------
 
@@ -184,6 +191,7 @@ class Agent:
             ),
             active=active,
             cameras=tuple(c.id for c in self.settings.cameras),
+            tags=tuple(self.settings.tags),
         )
 
     def _store_event(self, event: Event) -> None:

@@ -8,13 +8,18 @@ Each agent runs as `edgefleet-agent run` on a settings file, as on a device. The
 from /proc once the agent is up (state `online`; for the running one, a health report with
 frames processed) and has settled; it is the largest of a few samples over `--settle` seconds.
 Child processes are counted too (a runtime worker, when the device profile uses one), so the
-running figure is reported for the agent alone and in total.
+running figure is reported for the agent alone and in total. The agent's packages are
+byte-compiled first, as an install does: a module whose cached bytecode is stale (or not
+written, PYTHONDONTWRITEBYTECODE) is compiled at every start, and the compiler's leftovers
+would count as the agent's.
 Targets: idle <= 40 MB, running <= 120 MB. Ends with one `RESULT` line.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
+import importlib
 import json
 import subprocess
 import sys
@@ -140,6 +145,14 @@ def run_agent(
         watcher.close()
 
 
+def compile_agent() -> None:
+    """Write the bytecode of the agent's packages, as installing them on a device does."""
+    for name in ("agent", "ota", "protocol", "device_profiles"):
+        package = importlib.import_module(name)
+        for folder in package.__path__:
+            compileall.compile_dir(folder, quiet=1)
+
+
 def install_blazeface(folder: Path) -> None:
     key = SigningKey.generate()
     save_trust_store(TrustStore.from_keys([key.public_key()]), folder / "trust.json")
@@ -171,6 +184,7 @@ def main() -> None:
     if args.worker:
         version = f"{sys.version_info[0]}.{sys.version_info[1]}"
         extra["runtime_workers"] = {"litert": {"python": sys.executable, "python_version": version}}
+    compile_agent()
     with tempfile.TemporaryDirectory(prefix="footprint-") as tmp:
         root = Path(tmp)
         broker = MosquittoBroker(workdir=root / "broker")

@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -119,6 +120,12 @@ def run_rollout(
     for wave in view.waves:
         note(f"wave {wave.index + 1}: {wave.total} devices {wave.counts}")
     note(f"rollout {view.state} ({view.reason or '-'}) in {seconds:.1f}s")
+    with controller.sessions() as session:
+        failed = Counter(
+            m.reason for m in views.members(session, rollout_id) if m.state == "failed"
+        )
+    if failed:
+        note(f"failures by reason: {dict(failed)}")
     updated = sum(w.counts.get(str(MemberState.SUCCEEDED), 0) for w in view.waves)
     return rollout_id, updated, seconds
 
@@ -244,6 +251,8 @@ def main() -> int:
                 chunk_size=args.chunk_kib * 1024,
                 chunk_coalesce_s=args.coalesce,
                 max_bundle_bytes=int(args.megabytes * 1e6) + (8 << 20),
+                # the fleet shares one MQTT pass per wave: no bundle goes by HTTP
+                http_transfer_bytes=int(args.megabytes * 1e6) + (8 << 20),
             )
         ).start()
         pace = args.send_mb_s

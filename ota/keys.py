@@ -1,18 +1,22 @@
 """Ed25519 keys: release keys sign manifests, root keys sign roots, command keys sign commands;
-devices verify them."""
+devices verify them.
+
+cryptography loads with the first key made or used, not with this module: a device agent
+imports the trust store's types at start but verifies nothing until a bundle or command comes."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from ota.atomic import write_atomic
 
-_RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 
 def is_encrypted_pem(path: Path) -> bool:
@@ -24,8 +28,12 @@ class PublicKey:
     """A release public key, named by the hex sha256 of its raw 32 bytes."""
 
     def __init__(self, key: Ed25519PublicKey) -> None:
+        from cryptography.hazmat.primitives import serialization
+
         self._key = key
-        self.raw: bytes = key.public_bytes(*_RAW)
+        self.raw: bytes = key.public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
         self.keyid: str = hashlib.sha256(self.raw).hexdigest()
 
     @classmethod
@@ -37,6 +45,8 @@ class PublicKey:
             raise ValueError("public key is not hex") from exc
         if len(raw) != 32:
             raise ValueError(f"public key must be 32 bytes, got {len(raw)}")
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         return cls(Ed25519PublicKey.from_public_bytes(raw))
 
     def to_hex(self) -> str:
@@ -44,6 +54,8 @@ class PublicKey:
 
     def verify(self, sig: bytes, data: bytes) -> bool:
         """True when `sig` is this key's signature over `data`; never raises for bad input."""
+        from cryptography.exceptions import InvalidSignature
+
         try:
             self._key.verify(sig, data)
         except InvalidSignature:
@@ -69,6 +81,8 @@ class SigningKey:
 
     @classmethod
     def generate(cls) -> SigningKey:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return cls(Ed25519PrivateKey.generate())
 
     @classmethod
@@ -77,6 +91,9 @@ class SigningKey:
 
         Raises OSError; ValueError (not Ed25519, a wrong or missing passphrase); TypeError
         (a passphrase for an unencrypted file)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=passphrase)
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{path} does not hold an Ed25519 private key")
@@ -85,6 +102,8 @@ class SigningKey:
     def save(self, path: Path, passphrase: bytes | None = None) -> None:
         """Write the key as PEM, encrypted when `passphrase` is given, readable by the owner
         only, atomically. Raises OSError."""
+        from cryptography.hazmat.primitives import serialization
+
         encryption: serialization.KeySerializationEncryption = (
             serialization.BestAvailableEncryption(passphrase)
             if passphrase

@@ -3,6 +3,7 @@
 The deployer runs on the agent's control thread and must not block on the network, so each
 offered URL is fetched by `ota.http_fetch` on a thread of its own. The thread never touches the
 deployer: it queues `DownloadUpdate`s, which the control thread collects with `poll()`.
+httpx (through `ota.http_fetch`) loads with the first HTTP download, not with the agent.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-import httpx
+from typing import TYPE_CHECKING, Literal
 
 from agent.link.origin import ControllerOrigin
-from ota.http_fetch import FetchCancelled, FetchError, RetryPolicy, Wanted, fetch_bundle
 from protocol.events import Reason, TransferReason
 from protocol.messages import BundleOffer
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ota.http_fetch import FetchError, RetryPolicy, Wanted
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ class HttpDownloads:
         origin: ControllerOrigin | None = None,
     ) -> None:
         self.directory = directory
-        self.policy = policy or RetryPolicy()
+        self.policy = policy  # None: ota.http_fetch's default, made on the first download
         self.origin = origin
         self._client_factory = client_factory or self._verified_client
         self._steps = max(1, progress_steps)
@@ -85,6 +88,8 @@ class HttpDownloads:
             raise ValueError(f"offer of {offer.digest[:12]} has no url")
         if self.origin is not None:
             self.origin.check(offer.url)  # the deployer refused foreign URLs; checked again here
+        from ota.http_fetch import Wanted
+
         cancel = threading.Event()
         wanted = Wanted(offer.url, offer.digest, offer.size, offer.token)
         thread = threading.Thread(
@@ -98,6 +103,8 @@ class HttpDownloads:
         return True
 
     def _verified_client(self) -> httpx.Client:
+        import httpx
+
         # no redirects: a redirect could lead away from the controller's origin
         verify = self.origin.verify() if self.origin is not None else True
         return httpx.Client(follow_redirects=False, verify=verify)
@@ -143,6 +150,8 @@ class HttpDownloads:
             running.thread.join(timeout)
 
     def _run(self, wanted: Wanted, cancel: threading.Event) -> None:
+        from ota.http_fetch import FetchCancelled, FetchError, RetryPolicy, fetch_bundle
+
         digest = wanted.digest
         steps = self._steps
         reported = -1
@@ -168,7 +177,7 @@ class HttpDownloads:
                     client,
                     wanted,
                     self.directory,
-                    policy=self.policy,
+                    policy=self.policy or RetryPolicy(),
                     progress=progress,
                     on_retry=on_retry,
                     cancel=cancel,

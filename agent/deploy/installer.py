@@ -21,7 +21,6 @@ from agent.deploy.probation import HealthSource, Probation
 from agent.link.events import NO_DEPLOYMENT, DeploymentRef, EventReporter
 from ota.errors import BundleRefused
 from ota.install import InstalledBundle, SlotStore, StoreCorrupt
-from ota.trust_file import load_trust_store
 from protocol.events import EventKind, EventLevel, InstallReason, Reason
 
 log = logging.getLogger(__name__)
@@ -72,6 +71,9 @@ class Installer:
     ) -> tuple[InstalledBundle, DeploymentRef] | None:
         """Verify `path` into the idle slot and switch the pointer to it (on probation); None
         (reported) if it is refused. The returned ref names the bundle by its verified digest."""
+        # root documents and their models load with the first install, not with the agent
+        from ota.trust_file import load_trust_store
+
         try:
             trust = load_trust_store(self.trust_file)
         except (OSError, ValueError) as exc:

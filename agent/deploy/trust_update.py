@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ota.errors import RootRefused
-from ota.trust_file import apply_root_chain
 from protocol.messages import TrustUpdate
 
 log = logging.getLogger(__name__)
@@ -33,6 +32,8 @@ def apply_trust_update(
     """(ok, result, detail) for the ack: result is `trusted` or the refusal's reason code.
 
     Never raises for a bad document or an unwritable file; both become a refusal."""
+    from ota.trust_file import apply_root_chain  # with the first trust update, not at start
+
     documents = [text.encode("utf-8") for text in command.roots]
     try:
         version = apply_root_chain(trust_file, documents, clock())

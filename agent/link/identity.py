@@ -1,5 +1,8 @@
 """The device's identity: its own key pair (made here on first start, 0600, never sent), a CSR
-naming the device id, enrollment with the controller over HTTP, and renewal before expiry."""
+naming the device id, enrollment with the controller over HTTP, and renewal before expiry.
+
+httpx and cryptography load on the first enrollment or renewal, not with the agent: a device
+that does not enroll never pays for them."""
 
 from __future__ import annotations
 
@@ -12,14 +15,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import httpx
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,9 @@ class IdentityFiles:
 
 def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """The device key at `path`, made (P-256, mode 0600) if absent."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     if path.exists():
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -92,6 +97,10 @@ def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
 
 def make_csr(key: ec.EllipticCurvePrivateKey, device_id: str) -> bytes:
     """A CSR (PEM) for `device_id`, signed by the device key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
@@ -101,6 +110,8 @@ def make_csr(key: ec.EllipticCurvePrivateKey, device_id: str) -> bytes:
 
 
 def _renewal_due(cert_pem: bytes, now: datetime) -> bool:
+    from cryptography import x509
+
     cert = x509.load_pem_x509_certificate(cert_pem)
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
     return now >= end - (end - start) / 3
@@ -132,6 +143,8 @@ class DeviceIdentity:
         self._sleep = sleep
 
     def _default_client(self) -> httpx.Client:
+        import httpx
+
         verify: ssl.SSLContext | bool = True
         if self.settings.ca_file:
             verify = ssl.create_default_context(cafile=str(self.settings.ca_file))
@@ -205,6 +218,9 @@ class DeviceIdentity:
         return data
 
     def _store(self, answer: dict[str, str]) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
         cert = answer.get("certificate")
         if not cert:
             raise EnrollmentRefused("bad_answer", "no certificate in the answer")
@@ -252,6 +268,8 @@ class RenewalTimer:
 
     def check(self) -> bool:
         """One check; errors are logged and tried again at the next one."""
+        import httpx
+
         try:
             renewed = self.identity.renew_if_due()
         except (EnrollmentRefused, httpx.HTTPError, OSError, ValueError) as exc:

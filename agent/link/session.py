@@ -15,7 +15,7 @@ import logging
 import queue
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -66,12 +66,22 @@ class Inbound:
 class AgentSession:
     """Owns the paho client; everything it receives goes to `inbox`."""
 
-    def __init__(self, broker: BrokerSettings, device_id: str, state: Callable[[], State]) -> None:
+    def __init__(
+        self,
+        broker: BrokerSettings,
+        device_id: str,
+        state: Callable[[], State],
+        tags: Sequence[str] = (),
+    ) -> None:
         self.broker = broker
         self.topics = Topics(broker.prefix)
         self.device_id = device_id
         self.inbox: queue.Queue[Inbound] = queue.Queue(maxsize=10_000)
         self._state = state
+        # the device's own tags travel in every state, the offline one (and the will) too
+        self._offline = encode(
+            State(device=self.device_id, status=DeviceStatus.OFFLINE, tags=tuple(tags))
+        )
         self._bundle_subs: set[str] = set()
         self._lock = threading.Lock()
         self.connected = threading.Event()
@@ -94,12 +104,7 @@ class AgentSession:
                 key = str(broker.key_file) if broker.key_file else None
                 self._tls.load_cert_chain(str(broker.cert_file), key)
             client.tls_set_context(self._tls)
-        client.will_set(
-            self.topics.state(self.device_id),
-            encode(State(device=self.device_id, status=DeviceStatus.OFFLINE)),
-            qos=1,
-            retain=True,
-        )
+        client.will_set(self.topics.state(self.device_id), self._offline, qos=1, retain=True)
         client.max_inflight_messages_set(broker.max_inflight)
         # unbounded here: the outbox pump caps what it hands paho at its own in-flight window
         client.max_queued_messages_set(0)
@@ -137,10 +142,7 @@ class AgentSession:
                 log.warning("event=queued_messages_not_sent")
         if self.connected.is_set():
             info = self.client.publish(
-                self.topics.state(self.device_id),
-                encode(State(device=self.device_id, status=DeviceStatus.OFFLINE)),
-                qos=1,
-                retain=True,
+                self.topics.state(self.device_id), self._offline, qos=1, retain=True
             )
             try:
                 info.wait_for_publish(timeout)

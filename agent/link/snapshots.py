@@ -13,13 +13,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-
-import httpx
+from typing import TYPE_CHECKING
 
 from agent.link.origin import ControllerOrigin, ForeignOrigin
 from agent.pipeline.snapshots import SnapshotKeeper
 from protocol.codec import encode_snapshot_chunk
 from protocol.messages import TRANSFER_TOKEN_HEADER, Snapshot
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,8 @@ class SnapshotDelivery:
     def _upload(
         self, url: str, token: str | None, jpeg: bytes, facts: str
     ) -> tuple[bool, str, str]:
+        import httpx  # loaded on the first upload, not with the agent
+
         timeout = httpx.Timeout(self.upload_timeout_s, connect=min(5.0, self.upload_timeout_s))
         try:
             with httpx.Client(

@@ -5,7 +5,8 @@ best score so far. It keeps raw frames, not JPEGs, and encodes only when a snaps
 for. Measured on one Xeon core (OpenCV imencode, quality 85): a copy takes 0.03 ms at 640×480
 and 0.47 ms at 1920×1080, an encode 0.97 ms and 7.6 ms (6.0 ms at quality 70), and a Pi's
 cores are several times slower at both; most tracks are never asked for. The copy happens
-only when a track's best score improves, which after a track's first frames is rare.
+only when a track's best score improves, which after a track's first frames is rare, and once
+per frame: the tracks whose best frame it is share one copy.
 
 Memory is bounded per camera by a byte budget and a count; tracks that ended are evicted
 first (oldest first), then the live track whose best frame is oldest. An ended track's frame
@@ -68,11 +69,23 @@ class SnapshotKeeper:
         self._lock = threading.Lock()
         # per camera, track id → kept frame, in order of last change (oldest first)
         self._cameras: dict[str, dict[int, KeptFrame]] = {}
-        self.copies = 0
+        self.copies = 0  # frames copied to be kept
+
         self.evicted = 0
 
-    def offer(self, camera: str, track_id: int, score: float, frame: np.ndarray, ts: float) -> bool:
-        """Keep `frame` for the track if it beats the kept one's score; True when kept."""
+    def offer(
+        self,
+        camera: str,
+        track_id: int,
+        score: float,
+        frame: np.ndarray,
+        ts: float,
+        *,
+        copied: bool = False,
+    ) -> bool:
+        """Keep `frame` for the track if it beats the kept one's score; True when kept.
+        `copied`: `frame` is already this keeper's own copy (shared by the tracks of one frame),
+        not a buffer the caller reuses."""
         if not self.settings.enabled:
             return False
         with self._lock:
@@ -82,21 +95,27 @@ class SnapshotKeeper:
             if old is not None and old.ended_at is None and score <= old.score:
                 return False
         # the copy runs outside the lock; only this camera's inference thread offers for it
-        entry = KeptFrame(camera, track_id, score, ts, frame.copy())
+        entry = KeptFrame(camera, track_id, score, ts, frame if copied else frame.copy())
         with self._lock:
             kept = self._cameras.setdefault(camera, {})
             kept.pop(track_id, None)
             kept[track_id] = entry
-            self.copies += 1
+            if not copied:
+                self.copies += 1
             self._evict(kept, ts)
         return True
 
     def observe(self, camera: str, tracks: Iterable[Track], frame: np.ndarray, ts: float) -> None:
         """After a tracker update on `frame`: keep it for tracks whose best score it set."""
         tracks = list(tracks)
-        for track in tracks:
-            if track.last_ts == ts and track.best_score == track.score:
-                self.offer(camera, track.track_id, track.best_score, frame, ts)
+        best = [t for t in tracks if t.last_ts == ts and t.best_score == t.score]
+        if best and self.settings.enabled:
+            # one copy of the frame, however many of its tracks it is the best frame of
+            own = frame.copy()
+            with self._lock:
+                self.copies += 1
+            for track in best:
+                self.offer(camera, track.track_id, track.best_score, own, ts, copied=True)
         self.live(camera, (t.track_id for t in tracks), ts)
 
     def live(self, camera: str, track_ids: Iterable[int], ts: float) -> None:
@@ -119,8 +138,9 @@ class SnapshotKeeper:
             return list(self._cameras.get(camera, {}).values())
 
     def kept_bytes(self, camera: str) -> int:
+        """Bytes of the camera's kept frames; a frame several tracks share counts once."""
         with self._lock:
-            return sum(e.frame.nbytes for e in self._cameras.get(camera, {}).values())
+            return _unique_bytes(self._cameras.get(camera, {}))
 
     def _evict(self, kept: dict[int, KeptFrame], now: float) -> None:
         s = self.settings
@@ -129,10 +149,16 @@ class SnapshotKeeper:
         ]:
             del kept[track_id]
             self.evicted += 1
-        total = sum(e.frame.nbytes for e in kept.values())
-        while kept and (len(kept) > s.max_per_camera or total > s.max_bytes_per_camera):
+        while kept and (
+            len(kept) > s.max_per_camera or _unique_bytes(kept) > s.max_bytes_per_camera
+        ):
             ended = [t for t, e in kept.items() if e.ended_at is not None]
             # dicts keep insertion order, and an improved frame is re-inserted: first is oldest
             victim = ended[0] if ended else next(iter(kept))
-            total -= kept.pop(victim).frame.nbytes
+            del kept[victim]
             self.evicted += 1
+
+
+def _unique_bytes(kept: dict[int, KeptFrame]) -> int:
+    """Bytes of the frames in `kept`, each distinct frame once (at most max_per_camera)."""
+    return sum({id(e.frame): e.frame.nbytes for e in kept.values()}.values())

@@ -92,3 +92,38 @@ def test_observe_keeps_only_frames_that_set_a_tracks_best_score():
     disabled = SnapshotKeeper(SnapshotSettings(enabled=False))
     disabled.observe("cam0", tracker.tracks, frame(9), 4.0)
     assert disabled.frames("cam0") == []
+
+
+def test_tracks_whose_best_frame_is_the_same_share_one_copy_of_it():
+    tracker = IouTracker(TrackerSettings(min_hits=1))
+    one = frame(0).nbytes
+    keeper = SnapshotKeeper()
+    faces = [
+        Observation("face", 0.9, (0.0, 0.0, 0.1, 0.1)),
+        Observation("face", 0.8, (0.5, 0.5, 0.6, 0.6)),
+        Observation("face", 0.7, (0.8, 0.1, 0.9, 0.2)),
+    ]
+    tracker.update(faces, 1.0)
+    keeper.observe("cam0", tracker.tracks, frame(1), 1.0)
+    kept = keeper.frames("cam0")
+    assert sorted(k.track_id for k in kept) == [1, 2, 3]
+    assert len({id(k.frame) for k in kept}) == 1 and keeper.copies == 1
+    assert keeper.kept_bytes("cam0") == one  # counted once against the byte budget
+    # a later, better frame for one face only: that face moves to its own copy
+    tracker.update([Observation("face", 0.95, (0.0, 0.0, 0.1, 0.1)), *faces[1:]], 2.0)
+    keeper.observe("cam0", tracker.tracks, frame(2), 2.0)
+    assert keeper.copies == 2 and keeper.kept_bytes("cam0") == 2 * one
+    best = keeper.get("cam0", 1)
+    assert best is not None and int(best.frame[0, 0, 0]) == 2
+    other = keeper.get("cam0", 2)
+    assert other is not None and int(other.frame[0, 0, 0]) == 1
+
+
+def test_a_shared_frame_counts_once_against_the_byte_budget():
+    tracker = IouTracker(TrackerSettings(min_hits=1))
+    keeper = SnapshotKeeper(SnapshotSettings(max_bytes_per_camera=2 << 20))
+    big = frame(1, (700, 700))  # 1.4 MiB: three of it would not fit, one does
+    faces = [Observation("face", 0.9 - i / 10, (i / 4, 0.0, i / 4 + 0.1, 0.1)) for i in range(3)]
+    tracker.update(faces, 1.0)
+    keeper.observe("cam0", tracker.tracks, big, 1.0)
+    assert len(keeper.frames("cam0")) == 3 and keeper.evicted == 0
