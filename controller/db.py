@@ -152,6 +152,22 @@ class HealthRow(Base):
     )
 
 
+# PostgreSQL: the newest health samples that may give a fleet alert (controller.dashboard.
+# queries.health_alerts: a skewed clock, outbox messages dropped, a temperature at or over the
+# hot threshold, a `*_now` throttling flag), with thresholds a little lower, so a superset. The
+# fleet page reads these few rows from the partial index instead of parsing every payload. A
+# payload with a \u escape is always in (its jsonb cast could fail on \u0000). Migration 0009
+# holds the same text; keep them equal.
+DEVICE_HEALTH_MAY_ALERT_PG = (
+    "CASE WHEN strpos(payload::text, '\\u') > 0 THEN true ELSE ("
+    "abs(received - ts) > 29.0 OR jsonb_path_exists(payload::jsonb, '$ ? ("
+    'exists(@.outbox_dropped ? (@.type() != "number" || @ > 0)) || '
+    "exists(@.temperatures_c.* ? (@ >= 79)) || "
+    'exists(@.throttling.keyvalue() ? (@.value == true && @.key like_regex "_now$")))'
+    "', '{}', true)) END"
+)
+
+
 class DeviceHealth(Base):
     """The newest health sample of each device, whole (the ingest keeps it current)."""
 
@@ -162,6 +178,16 @@ class DeviceHealth(Base):
     ts: Mapped[float] = mapped_column(Float)
     payload: Mapped[dict[str, Any]] = mapped_column()
     received: Mapped[float] = mapped_column(Float)
+
+    # a partial index on PostgreSQL; on SQLite (which cannot look inside the JSON in an index)
+    # a plain one on the key, which the upserts never change
+    __table_args__ = (
+        Index(
+            "ix_device_health_may_alert",
+            "device",
+            postgresql_where=text(DEVICE_HEALTH_MAY_ALERT_PG),
+        ),
+    )
 
 
 class HealthRollup(Base):
