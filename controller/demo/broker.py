@@ -120,12 +120,15 @@ class MosquittoBroker:
 
     def write_config(self) -> None:
         if self.security_config is not None:
-            lines = [self.security_config, *_same_user()]
+            lines = [self.security_config]
         else:
             lines = [
                 f"listener {self.port} {self.host}",
                 f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
             ]
+        # as whoever started it: as the `mosquitto` user it could write neither its
+        # persistence nor its log in our private folder, and sessions would not survive a restart
+        lines += _same_user()
         lines += [
             "persistence true",
             f"persistence_location {self.workdir}/",

@@ -248,6 +248,8 @@ class Receiver:
     def stop(self, timeout: float = 5.0) -> None:
         """Say DISCONNECT on every session (the broker keeps them), close, end the thread."""
         if self._thread is None:
+            if not self.loop.is_closed():  # never started: only the loop's own sockets to free
+                self.loop.close()
             return
         future = asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
         with contextlib.suppress(Exception):
