@@ -24,8 +24,9 @@ SCHEMA_VERSION = f"{SCHEMA_MAJOR}.0"
 Score = Annotated[float, Field(ge=0.0, le=1.0)]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNeg = Annotated[float, Field(ge=0.0)]
-ShortText = Annotated[str, Field(max_length=256)]
-Text = Annotated[str, Field(max_length=4096)]
+# no NUL character: PostgreSQL stores none in text, and refuses JSON paths through one
+ShortText = Annotated[str, Field(max_length=256, pattern=r"^[^\x00]*$")]
+Text = Annotated[str, Field(max_length=4096, pattern=r"^[^\x00]*$")]
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 # http(s) only, no whitespace or control characters, bounded so a command stays small

@@ -33,7 +33,7 @@ AGENT_CHANNELS = frozenset({Channel.STATE, Channel.HEALTH, Channel.DET, Channel.
 
 def validate_device_id(device_id: object) -> str:
     """Return the id if it is a string and a valid device id; raises InvalidDeviceId otherwise."""
-    if not isinstance(device_id, str) or not _DEVICE_ID_RE.match(device_id):
+    if not isinstance(device_id, str) or not _DEVICE_ID_RE.fullmatch(device_id):
         raise InvalidDeviceId(f"device id must match [a-z0-9-]{{3,64}}, got {device_id!r:.80}")
     return device_id
 

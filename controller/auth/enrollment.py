@@ -245,7 +245,14 @@ class EnrollmentService:
                 raise EnrollmentError(
                     row.status, f"{device!r} was {row.status}; an operator must approve it"
                 )
-            if token is not None:
+            # a device enrolled before with this key needs no token: the one its settings
+            # still carry was spent then, and must not lock it out of a new certificate
+            known_key = (
+                row is not None
+                and row.status in (IdentityStatus.APPROVED, IdentityStatus.ENROLLED)
+                and row.fingerprint == fingerprint
+            )
+            if token is not None and not known_key:
                 self._spend_token(db, token, device, now.timestamp())
                 row = self._upsert(
                     db, row, device, IdentityStatus.APPROVED, fingerprint, csr_pem, now

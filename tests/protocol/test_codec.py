@@ -44,7 +44,8 @@ device_ids = st.from_regex(r"\A[a-z0-9-]{3,64}\Z")
 idents = st.from_regex(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
 units = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 times = st.floats(min_value=0.0, max_value=4e9, allow_nan=False)
-texts = st.text(max_size=200)
+# any text a wire string may hold: everything but NUL
+texts = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=200)
 
 
 @st.composite
@@ -72,7 +73,9 @@ healths = st.builds(
     device=device_ids,
     cpu_percent=st.none() | st.floats(min_value=0, max_value=800, allow_nan=False),
     temperatures_c=st.dictionaries(
-        st.text(max_size=20), st.floats(-40, 150, allow_nan=False), max_size=5
+        st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=20),
+        st.floats(-40, 150, allow_nan=False),
+        max_size=5,
     ),
     cameras=st.lists(
         st.builds(CameraHealth, camera=idents, fps_in=st.floats(0, 240, allow_nan=False)),
@@ -192,6 +195,21 @@ def test_nan_inside_a_nested_float_is_refused():
     with pytest.raises(MalformedPayload):
         decode(payload, Health)
     assert not math.isnan(decode(encode(health), Health).temperatures_c["cpu"])
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"device": "cam-01", "cameras": [{"camera": "c", "last_error": "a\\u0000b"}]}',
+        b'{"device": "cam-01", "unavailable": {"npu\\u0000": "gone"}}',
+        b'{"device": "cam-01", "type": "evt", "kind": "log", "message": "x\\u0000"}',
+    ],
+)
+def test_nul_characters_in_text_are_refused(payload):
+    # PostgreSQL keeps no NUL in text, and a JSON path through one fails the whole query
+    model = Event if b'"evt"' in payload else Health
+    with pytest.raises(MalformedPayload):
+        decode(payload, model)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,8 @@ def test_device_topics_round_trip(device_id, channel):
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "ab", "cam+1", "cam#", "cam/01", "CAM-01", "cam 01", "x" * 65, "cam\x00x"]
+    "bad",
+    ["", "ab", "cam+1", "cam#", "cam/01", "CAM-01", "cam 01", "x" * 65, "cam\x00x", "cam-01\n"],
 )
 def test_bad_device_ids_are_refused(bad):
     with pytest.raises(InvalidDeviceId):

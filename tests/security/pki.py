@@ -29,9 +29,14 @@ from protocol.topics import DEFAULT_PREFIX, Topics
 MAX_PACKET = 64 * 1024
 
 
-def make_csr(device_id: str) -> tuple[bytes, bytes]:
-    """A fresh P-256 key (PEM) and a CSR (PEM) naming `device_id`."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def make_csr(device_id: str, key_pem: bytes | None = None) -> tuple[bytes, bytes]:
+    """A P-256 key (PEM; fresh unless `key_pem` is given) and a CSR (PEM) naming `device_id`."""
+    if key_pem is None:
+        key = ec.generate_private_key(ec.SECP256R1())
+    else:
+        loaded = serialization.load_pem_private_key(key_pem, password=None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        key = loaded
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))

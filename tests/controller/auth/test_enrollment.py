@@ -49,6 +49,19 @@ def test_one_time_token_gets_a_certificate_once(service):
     assert _reason(lambda: service.enroll("cam-02", other, token)) == "token_used"
 
 
+def test_a_device_enrolled_with_a_token_enrolls_again_with_its_key_and_the_spent_token(service):
+    # the token stays in the device's settings; a lost or expired certificate must not lock
+    # it out, while another key with that token is still refused
+    token = service.create_token("cam-01", timedelta(hours=1)).token
+    key, csr = make_csr("cam-01")
+    first = service.enroll("cam-01", csr, token)
+    again = service.enroll("cam-01", make_csr("cam-01", key)[1], token)
+    assert first.status == again.status == IdentityStatus.ENROLLED
+    assert cert_info(again.certificate).serial != cert_info(first.certificate).serial
+    _, other = make_csr("cam-01")
+    assert _reason(lambda: service.enroll("cam-01", other, token)) == "token_used"
+
+
 def test_expired_unknown_and_misbound_tokens_are_refused(service):
     _, csr = make_csr("cam-01")
     expired = service.create_token(None, timedelta(seconds=-1)).token
