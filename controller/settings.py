@@ -391,14 +391,21 @@ def load_settings(config_file: Path | None = None) -> ControllerSettings:
 
 BROKER_DELIVERY_LIMITS = (
     # per client: many small messages in flight and queued (the controller's ingest reads
-    # thousands of devices through one session), but few bytes, so a device that reads bundle
-    # chunks slower than they are sent costs the broker a window of them, not the bundle
+    # thousands of devices through a few sessions), but few bytes, so a device that reads
+    # bundle chunks slower than they are sent costs the broker a window of them, not the bundle
     # (mosquitto keeps a copy per subscriber). What falls past the window is asked for again
     # and sent in a later pass (controller.bundles.chunks).
+    #
+    # mosquitto has one such limit for every client, and past it a QoS 1 message is dropped,
+    # not held: the same bytes bound a slow device's chunk backlog and the backlog an ingest
+    # session may build while its replica lags or restarts. 1 MB lost detections at 10,000
+    # devices (a lagging ingest passed it in about two seconds); 4 MB holds about 13 s of a
+    # dead replica's share of 10,000 devices (two replicas of eight sessions), and costs a
+    # stalled chunk reader 4 MB at most.
     "max_inflight_messages 100",
     "max_inflight_bytes 262144",
     "max_queued_messages 100000",
-    "max_queued_bytes 1048576",
+    "max_queued_bytes 4194304",
 )
 """mosquitto.conf lines bounding each client's share of broker memory: in the demo broker's
 configuration and in the generated production one alike."""
