@@ -188,9 +188,8 @@ def fish_script(tree: list[Node]) -> str:
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
-    from controller.cli.main import build_parser
-
-    tree = command_tree(build_parser())
+    # the whole command line's parser, handed down by main (which imports this module)
+    tree = command_tree(args.root_parser)
     script = {"bash": bash_script, "zsh": zsh_script, "fish": fish_script}[args.shell](tree)
     sys.stdout.write(script)
     return EXIT_OK

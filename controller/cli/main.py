@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for registrar in REGISTRARS:
         registrar(subparsers)
+    # the completion command walks the whole tree; it gets it here, not by importing main
+    parser.set_defaults(root_parser=parser)
     return parser
 
 
