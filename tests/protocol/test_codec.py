@@ -45,7 +45,8 @@ idents = st.from_regex(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
 units = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 times = st.floats(min_value=0.0, max_value=4e9, allow_nan=False)
 # any text a wire string may hold: everything but NUL
-texts = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=200)
+wire_chars = st.characters(codec="utf-8", exclude_characters="\x00")
+texts = st.text(wire_chars, max_size=200)
 
 
 @st.composite
@@ -55,7 +56,7 @@ def detections(draw):
     return Detection(
         camera=draw(idents),
         track_id=draw(st.none() | st.integers(min_value=0, max_value=2**31)),
-        label=draw(st.text(max_size=40)),
+        label=draw(st.text(wire_chars, max_size=40)),
         score=draw(units),
         box=Box(x1=x1, y1=y1, x2=x2, y2=y2),
         ts=draw(times),
@@ -73,7 +74,7 @@ healths = st.builds(
     device=device_ids,
     cpu_percent=st.none() | st.floats(min_value=0, max_value=800, allow_nan=False),
     temperatures_c=st.dictionaries(
-        st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=20),
+        st.text(wire_chars, max_size=20),
         st.floats(-40, 150, allow_nan=False),
         max_size=5,
     ),
