@@ -375,11 +375,13 @@ def _touch_devices(session: Session, devices: Sequence[str], now: float, state: 
     if not stale:
         return
     if session.get_bind().dialect.name == "postgresql":
-        # rows locked in one order, so replicas writing the same devices cannot deadlock
+        # rows locked in one order, so replicas writing the same devices cannot deadlock; and
+        # NO KEY UPDATE, which the key-share locks that this batch's foreign keys (detections,
+        # health) took on other replicas' devices do not block: FOR UPDATE deadlocked there
         session.execute(
             text(
                 "UPDATE devices SET last_seen = :now FROM (SELECT id FROM devices "
-                "WHERE id = ANY(:ids) ORDER BY id FOR UPDATE) AS locked "
+                "WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE) AS locked "
                 "WHERE devices.id = locked.id"
             ),
             {"now": now, "ids": stale},
