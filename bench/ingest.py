@@ -297,10 +297,15 @@ def main() -> int:
         t0 = time.monotonic()
         sending.set()
         killed, kill_at = False, 0.0
+        # RSS once warmed up (a minute in, or a tenth of a shorter run), and at the end: a soak
+        # (`--seconds 600`) shows whether the controller grows
+        warm_at = min(60.0, args.seconds / 10)
+        rss_warm = rss_end = 0.0
         while time.monotonic() - t0 < args.seconds:
             time.sleep(0.5)
-            for replica in replicas:
-                replica.rss_mb()
+            rss_end = sum(replica.rss_mb() for replica in replicas)
+            if not rss_warm and time.monotonic() - t0 >= warm_at:
+                rss_warm = rss_end
             if args.kill_one and not killed and time.monotonic() - t0 >= args.seconds / 2:
                 replicas[1].kill()
                 killed = True
@@ -361,6 +366,7 @@ def main() -> int:
             f"raw_drain_msg_s={raw_rate:.0f}",
             f"ratio={ingest_rate / raw_rate:.2f}",
             f"controller_rss_mb={rss:.0f}",
+            f"rss_growth_pct={(rss_end / rss_warm - 1) * 100 if rss_warm else 0.0:.1f}",
             f"controller_cpu_us_per_msg={cpu / max(det + health, 1) * 1e6:.0f}",
             f"controller_received={received}",
             f"stored_before_restart={stored_before_restart}",
