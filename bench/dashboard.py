@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
+from pgdb import create_database, drop_database
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -67,7 +67,6 @@ from protocol.topics import Topics
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
 
-PG_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 WEEK_S = 7 * 86400
 DAY_S = 86400
 CHUNK = 20_000
@@ -649,29 +648,12 @@ def profile_queries(sessions: sessionmaker[Session], which: str, plan: FleetPlan
 # ---- databases ------------------------------------------------------------------------------
 
 
-def _pg_database() -> tuple[str, str]:
-    import psycopg
-
-    name = f"edgefleet_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].split("://", 1)[1]
-    return name, f"postgresql+psycopg://{base}/{name}"
-
-
-def _drop_pg_database(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def bench_one(db: str, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     pg_name = None
     if db == "sqlite":
         url = f"sqlite:///{workdir / 'dashboard.db'}"
     else:
-        pg_name, url = _pg_database()
+        pg_name, url = create_database()
     try:
         print(f"== {db}: {make_url(url).render_as_string(hide_password=True)}", flush=True)
         upgrade_database(url)
@@ -703,7 +685,7 @@ def bench_one(db: str, args: argparse.Namespace, workdir: Path) -> dict[str, flo
             engine.dispose()
     finally:
         if pg_name is not None:
-            _drop_pg_database(pg_name)
+            drop_database(pg_name)
     out: dict[str, float] = {}
     for page in ("fleet", "devices", "device", "baseline"):
         ms = [v for t in timings if t.page == page for v in t.ms]

@@ -33,11 +33,11 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 from mqtt_load import FleetCounts, check_messages, run_drain, run_fleet
+from pgdb import create_database, drop_database
 from sqlalchemy import func, select
 
 from controller.db import (
@@ -48,25 +48,6 @@ from controller.db import (
 )
 from controller.demo.broker import MosquittoBroker, free_port
 from protocol.topics import DEFAULT_PREFIX, Topics
-
-PG_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _pg_database() -> tuple[str, str]:
-    import psycopg
-
-    name = f"edgefleet_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].split("://", 1)[1]
-    return name, f"postgresql+psycopg://{base}/{name}"
-
-
-def _drop_pg_database(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Replica:
@@ -248,7 +229,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-bench-ingest-"))
     pg_name = ""
     if args.database == "postgresql":
-        pg_name, db_url = _pg_database()
+        pg_name, db_url = create_database()
     else:
         db_url = f"sqlite:///{workdir / 'controller.db'}"
     upgrade_database(db_url)
@@ -391,7 +372,7 @@ def main() -> int:
         broker.close()
         engine.dispose()
         if pg_name:
-            _drop_pg_database(pg_name)
+            drop_database(pg_name)
         if args.keep:
             print(f"work folder: {workdir}")
         else:
