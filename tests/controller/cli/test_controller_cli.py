@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
-import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -19,6 +13,7 @@ from controller.demo.waiting import wait_until
 from controller.settings import ControllerSettings, load_settings
 from protocol.events import EventKind, EventLevel
 from protocol.messages import Box, Detection, DetectionBatch, Event
+from tests.controller.cli.controller_process import run_until_ready
 from tests.controller.fake_agents import FakeAgent
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -100,46 +95,8 @@ def test_api_errors_exit_1_with_the_reason(capsys, controller, tmp_path):
 
 @SQLITE_ONLY
 def test_controller_run_serves_until_sigterm(tmp_path, mosquitto, db_url):
-    port = free_port()
-    config = tmp_path / "controller.json"
-    config.write_text(
-        json.dumps(
-            {
-                "data_dir": str(tmp_path / "data"),
-                "database_url": db_url,
-                "mqtt": {"port": mosquitto.port, "client_id": "cli-run"},
-                "http": {"port": port},
-            }
-        )
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-    with subprocess.Popen(
-        [sys.executable, "-m", "controller.cli.main", "controller", "run", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=Path(__file__).resolve().parents[3],
-    ) as proc:
-        try:
-
-            def healthy() -> bool:
-                assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-                try:
-                    return (
-                        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-                    )
-                except httpx.TransportError:
-                    return False
-
-            wait_until("controller run to serve", healthy, timeout=20)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=15) == 0
-            output = proc.stdout.read().decode() if proc.stdout else ""
-            assert "event=controller_started" in output and "event=controller_stopped" in output
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    output = run_until_ready(tmp_path, mosquitto.port, db_url, "cli-run", "/healthz")
+    assert "event=controller_started" in output and "event=controller_stopped" in output
 
 
 def test_settings_from_file_env_wins_and_unknown_keys_are_refused(tmp_path, monkeypatch):
