@@ -10,9 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
 
-from controller.db import Base, make_engine, upgrade_database
 from controller.server import Controller
 from controller.settings import ControllerSettings, HttpSettings, IngestSettings, MqttSettings
 from ota.build import BuiltBundle, BundleSpec, VariantSource, build_bundle
@@ -21,6 +19,7 @@ from ota.manifest import InputSpec, PostprocessSpec
 from ota.trust import TrustStore
 from ota.trust_file import save_trust_store
 from tests.controller import operators
+from tests.database import fresh_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -28,16 +27,7 @@ def db_url(request, tmp_path) -> str:
     """A migrated, empty database: a SQLite file, or the session's PostgreSQL database."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'controller.db'}"
-    url = request.getfixturevalue("postgres_url")
-    upgrade_database(url)
-    engine = make_engine(url)
-    try:
-        with engine.begin() as conn:
-            names = ", ".join(t.name for t in Base.metadata.sorted_tables)
-            conn.execute(text(f"TRUNCATE {names} CASCADE"))
-    finally:
-        engine.dispose()
-    return url
+    return fresh_postgres(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture

@@ -14,19 +14,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.auth.users import Role, create_user
 from controller.db import (
-    Base,
     DetectionRow,
     Device,
     DeviceHealth,
     EventRow,
     HealthRow,
-    make_engine,
-    upgrade_database,
 )
 from controller.demo.broker import MosquittoBroker
 from controller.rollouts.models import DeviceInventory
@@ -189,19 +185,6 @@ def _bundle(workdir: Path, key: SigningKey, version: int) -> Path:
     )
     out = workdir / f"face-{version}.bundle"
     return build_bundle(spec, src, [key], out, datetime.now(timezone.utc)).path
-
-
-def fresh_postgres(url: str) -> str:
-    """The test run's PostgreSQL database, migrated and emptied."""
-    upgrade_database(url)
-    engine = make_engine(url)
-    try:
-        with engine.begin() as conn:
-            names = ", ".join(t.name for t in Base.metadata.sorted_tables)
-            conn.execute(text(f"TRUNCATE {names} CASCADE"))
-    finally:
-        engine.dispose()
-    return url
 
 
 @contextmanager

@@ -21,9 +21,9 @@ from tests.dashboard.conftest import (
     SCRIPT,
     Fleet,
     add_detection,
-    fresh_postgres,
     started_fleet,
 )
+from tests.database import fresh_postgres
 
 PAGES = [
     "/",

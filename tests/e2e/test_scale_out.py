@@ -16,14 +16,15 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
-from controller.db import Base, DetectionRow, make_engine, upgrade_database
+from controller.db import DetectionRow, make_engine
 from controller.demo.broker import free_port
 from controller.demo.waiting import wait_until
 from protocol.codec import encode
 from protocol.messages import Box, Detection, DetectionBatch
 from protocol.topics import Channel, Topics
+from tests.database import fresh_postgres
 
 pytestmark = pytest.mark.e2e
 
@@ -90,15 +91,7 @@ class Replica:
 
 @pytest.fixture
 def pg_url(postgres_url) -> str:
-    upgrade_database(postgres_url)
-    engine = make_engine(postgres_url)
-    try:
-        with engine.begin() as conn:
-            names = ", ".join(t.name for t in Base.metadata.sorted_tables)
-            conn.execute(text(f"TRUNCATE {names} CASCADE"))
-    finally:
-        engine.dispose()
-    return postgres_url
+    return fresh_postgres(postgres_url)
 
 
 def _publish(port: int, device: str, sent: list[str], progress: threading.Semaphore) -> None:
