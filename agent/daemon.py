@@ -58,6 +58,7 @@ from protocol.messages import (
     Deploy,
     Event,
     RuntimeInfo,
+    RuntimeWorkerHealth,
     Snapshot,
     State,
     TrustUpdate,
@@ -247,6 +248,23 @@ class Agent:
         stats = model.detector.stats
         return stats.snapshot() if stats is not None else None
 
+    def _runtime_workers(self) -> tuple[RuntimeWorkerHealth, ...]:
+        """The crash and restart counts of the worker the active model runs in, if it runs in
+        one; an in-process runtime reports nothing."""
+        model = self.pipeline.current()
+        if not self.hosts.launches or model is None:
+            return ()
+        if not isinstance(model.detector, CountingDetector):
+            return ()
+        # both already loaded with the model: importing them here costs nothing
+        from agent.detect.detector import Detector
+        from agent.runtimes.worker.proxy import WorkerRuntime
+
+        detector = model.detector.inner
+        if isinstance(detector, Detector) and isinstance(detector.runtime, WorkerRuntime):
+            return (detector.runtime.worker_health(),)
+        return ()
+
     def _swap(self, model: ActiveModel | None) -> None:
         old = self.pipeline.swap(model)
         self.session.publish_state()
@@ -357,6 +375,7 @@ class Agent:
             sample=self.system.sample(),
             cameras=self.pipeline.workers,
             link=link,
+            runtime_workers=self._runtime_workers(),
         )
         message = with_device_health(message, self.device_health.sample())
         message = with_bundle_stats(message, self._bundle_stats())

@@ -33,6 +33,16 @@ class DeviceStatus(_Named):
     OFFLINE = "offline"
 
 
+class RuntimeWorkerState(_Named):
+    """What a runtime worker process is doing, as the agent's health reports it."""
+
+    RUNNING = "running"
+    # it died; a new one starts with a later frame, after its back-off
+    RESTARTING = "restarting"
+    # no model loaded in it (closed, or swapped out)
+    STOPPED = "stopped"
+
+
 class EventKind(_Named):
     """What a device event on `…/dev/D/evt` reports."""
 

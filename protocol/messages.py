@@ -154,6 +154,19 @@ class BundleStats(WireModel):
     mean_score: Score | None = Field(None, description="mean score of those detections")
 
 
+class RuntimeWorkerHealth(WireModel):
+    """One runtime worker process: whether it runs, and how often it died and was restarted."""
+
+    runtime: Ident
+    # any short name, not only a RuntimeWorkerState: a newer agent may report a state an older
+    # controller does not know, and its health must still be read
+    state: Ident
+    pid: Annotated[int, Field(ge=1)] | None = None
+    crashes: Annotated[int, Field(ge=0)] = 0
+    restarts: Annotated[int, Field(ge=0)] = 0
+    last_crash: ShortText = Field("", description="why the worker last died, cut short")
+
+
 class Health(Envelope):
     type: Literal["health"] = "health"
     uptime_s: NonNeg = 0.0
@@ -181,6 +194,8 @@ class Health(Envelope):
         default_factory=dict, description="health sources that could not be read, and why"
     )
     bundle_stats: BundleStats | None = None
+    # runtimes that run in worker processes; in-process runtimes are not listed
+    runtime_workers: Annotated[tuple[RuntimeWorkerHealth, ...], Field(max_length=16)] = ()
 
 
 class Box(WireModel):

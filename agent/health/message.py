@@ -1,4 +1,5 @@
-"""One health message: the system sample, each camera's counters and the link's backlog.
+"""One health message: the system sample, each camera's counters, the link's backlog and the
+runtime workers' crash and restart counts.
 
 Everything it reports is handed in, so the message is assembled without reaching into the
 daemon; device sources (thermal zones, tegrastats, ...) are merged in afterwards by
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 from agent.health.system import SystemSample
 from agent.pipeline.workers import CameraWorker
-from protocol.messages import CameraHealth, Health
+from protocol.messages import CameraHealth, Health, RuntimeWorkerHealth
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,10 @@ def health_message(
     sample: SystemSample,
     cameras: Sequence[CameraWorker],
     link: LinkBacklog,
+    runtime_workers: Sequence[RuntimeWorkerHealth] = (),
 ) -> Health:
-    """Assemble one health message from a system sample, the cameras and the link."""
+    """Assemble one health message from a system sample, the cameras, the link and the runtime
+    workers (none when every runtime runs in-process)."""
     return Health(
         device=device_id,
         uptime_s=uptime_s,
@@ -71,4 +74,5 @@ def health_message(
         outbox_dropped=link.outbox_dropped,
         mqtt_reconnects=link.mqtt_reconnects,
         unavailable=sample.unavailable,
+        runtime_workers=tuple(runtime_workers),
     )

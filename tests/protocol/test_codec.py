@@ -23,7 +23,7 @@ from protocol.errors import (
     UnexpectedMessage,
     UnsupportedVersion,
 )
-from protocol.events import DeviceStatus
+from protocol.events import DeviceStatus, RuntimeWorkerState
 from protocol.messages import (
     Ack,
     Box,
@@ -36,6 +36,7 @@ from protocol.messages import (
     Event,
     Health,
     Rollback,
+    RuntimeWorkerHealth,
     State,
 )
 from protocol.topics import Topics
@@ -80,6 +81,17 @@ healths = st.builds(
     ),
     cameras=st.lists(
         st.builds(CameraHealth, camera=idents, fps_in=st.floats(0, 240, allow_nan=False)),
+        max_size=3,
+    ).map(tuple),
+    runtime_workers=st.lists(
+        st.builds(
+            RuntimeWorkerHealth,
+            runtime=idents,
+            state=st.sampled_from(list(RuntimeWorkerState)),
+            pid=st.none() | st.integers(min_value=1, max_value=2**22),
+            crashes=st.integers(min_value=0, max_value=10**6),
+            last_crash=texts,
+        ),
         max_size=3,
     ).map(tuple),
 )
@@ -181,6 +193,52 @@ def test_unknown_major_version_is_refused_with_its_own_error():
 def test_newer_minor_version_with_unknown_fields_is_accepted():
     state = decode(json.dumps(_state_dict(v="1.7", future_field=[1, 2])).encode(), State)
     assert state.v == "1.7"
+
+
+def test_health_of_an_older_agent_without_runtime_workers_decodes():
+    health = decode(json.dumps({**_health_dict(), "uptime_s": 5.0}).encode(), Health)
+    assert health.runtime_workers == ()
+
+
+def test_runtime_workers_round_trip_in_health():
+    worker = RuntimeWorkerHealth(
+        runtime="tensorrt",
+        state=RuntimeWorkerState.RESTARTING,
+        crashes=3,
+        restarts=2,
+        last_crash="worker pid 41 exited: exit status -9",
+    )
+    health = Health(device="cam-01", runtime_workers=(worker,))
+    decoded = decode(encode(health), Health)
+    assert decoded.runtime_workers == (worker,)
+    assert decoded.runtime_workers[0].state == RuntimeWorkerState.RESTARTING
+    assert decoded.runtime_workers[0].pid is None
+
+
+def test_a_worker_state_a_newer_agent_knows_still_decodes():
+    worker = {"runtime": "onnx", "state": "paused", "pid": 7}
+    health = decode(json.dumps({**_health_dict(), "runtime_workers": [worker]}).encode(), Health)
+    assert health.runtime_workers[0].state == "paused"
+
+
+@pytest.mark.parametrize(
+    "worker",
+    [
+        {"runtime": "onnx", "state": "running", "crashes": -1},
+        {"runtime": "onnx", "state": "running", "pid": 0},
+        {"runtime": "onnx", "state": "running", "last_crash": "x" * 257},
+        {"runtime": "onnx", "state": "running", "last_crash": "a\x00b"},
+        {"runtime": "", "state": "running"},
+    ],
+)
+def test_a_bad_runtime_worker_in_health_is_refused(worker):
+    payload = json.dumps({**_health_dict(), "runtime_workers": [worker]})
+    with pytest.raises(MalformedPayload):
+        decode(payload.encode(), Health)
+
+
+def _health_dict() -> dict:
+    return {"v": "1.0", "type": "health", "id": "b" * 32, "ts": 1.0, "device": "cam-01"}
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])

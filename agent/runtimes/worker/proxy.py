@@ -12,7 +12,8 @@ plug-in's outputs do. Only small JSON requests travel on the pipes.
 A worker that dies (crash, kill, out of memory, a reply that does not come in time) fails the
 frame it was on, which is never retried, so no frame is processed twice; it is restarted with
 the model loaded again on a later frame, after a back-off that doubles while it keeps dying,
-and each crash and restart is reported through the `WorkerEvents` callback.
+and each crash and restart is reported through the `WorkerEvents` callback; `worker_health()`
+gives the counters so far, for the agent's health.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ from agent.runtimes.worker.program import (
     decode_body,
     encode_message,
 )
+from protocol.events import RuntimeWorkerState
+from protocol.messages import RuntimeWorkerHealth
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +221,7 @@ class WorkerRuntime(Runtime):
         self.options = options or RuntimeOptions()
         self.crashes = 0
         self.restarts = 0
+        self._last_crash = ""
         self._worker: WorkerProcess | None = None
         self._load_request: dict[str, Any] | None = None
         self._folder: tempfile.TemporaryDirectory[str] | None = None
@@ -228,6 +232,9 @@ class WorkerRuntime(Runtime):
         self._backoff = self.LAUNCH.backoff_s
         self._started_at = 0.0
         self._lock = threading.Lock()
+        # guards the worker, the load request and the counters for `worker_health`, which must
+        # not wait on `_lock` while a frame (up to `infer_timeout_s`) holds it
+        self._status = threading.Lock()
 
     @classmethod
     def create(
@@ -244,6 +251,26 @@ class WorkerRuntime(Runtime):
         """The worker's process id while one runs."""
         return self._worker.pid if self._worker is not None else None
 
+    def worker_health(self) -> RuntimeWorkerHealth:
+        """The worker's state, process id and crash and restart counts now; any thread may ask."""
+        with self._status:
+            worker, loaded = self._worker, self._load_request is not None
+            crashes, restarts, last_crash = self.crashes, self.restarts, self._last_crash
+        if worker is not None:
+            state = RuntimeWorkerState.RUNNING
+        elif loaded:
+            state = RuntimeWorkerState.RESTARTING
+        else:
+            state = RuntimeWorkerState.STOPPED
+        return RuntimeWorkerHealth(
+            runtime=self.KEY,
+            state=state,
+            pid=worker.pid if worker is not None else None,
+            crashes=crashes,
+            restarts=restarts,
+            last_crash=last_crash,
+        )
+
     # ---- loading --------------------------------------------------------------------------
 
     def load(self, model_path: Path, *, input_shape: Sequence[int] | None = None) -> None:
@@ -257,7 +284,8 @@ class WorkerRuntime(Runtime):
             folder.cleanup()
             raise
         self._drop_worker()
-        self._folder, self._worker, self._load_request = folder, worker, request
+        with self._status:
+            self._folder, self._worker, self._load_request = folder, worker, request
         self._started_at = time.monotonic()
         self._accept(reply, input_shape)
         log.info(
@@ -398,19 +426,22 @@ class WorkerRuntime(Runtime):
             self._schedule_retry()
             self._emit(WorkerEventKind.RESTART_FAILED, str(exc))
             raise WorkerRestarting(f"{self.KEY} worker restart failed: {exc}") from exc
-        self._worker = worker
+        with self._status:
+            self._worker = worker
+            self.restarts += 1
         self._started_at = time.monotonic()
         self._outputs_region = None
-        self.restarts += 1
         self._emit(WorkerEventKind.RESTARTED, f"pid {worker.pid}")
         return worker
 
     def _crashed(self, detail: str) -> None:
-        worker, self._worker = self._worker, None
+        with self._status:
+            worker, self._worker = self._worker, None
+            self.crashes += 1
+            self._last_crash = detail[:256]
         if worker is not None:
             worker.process.kill()
             worker.stop()
-        self.crashes += 1
         if time.monotonic() - self._started_at >= self.LAUNCH.stable_s:
             self._backoff = self.LAUNCH.backoff_s
         self._schedule_retry()
@@ -439,7 +470,8 @@ class WorkerRuntime(Runtime):
     # ---- closing --------------------------------------------------------------------------
 
     def _drop_worker(self) -> None:
-        worker, self._worker = self._worker, None
+        with self._status:
+            worker, self._worker = self._worker, None
         if worker is not None:
             worker.stop()
         self._inputs = None
@@ -451,7 +483,8 @@ class WorkerRuntime(Runtime):
     def close(self) -> None:
         with self._lock:
             self._drop_worker()
-            self._load_request = None
+            with self._status:
+                self._load_request = None
             self._input = None
             self._outputs = []
             self._dynamic_axes = ()

@@ -21,6 +21,8 @@ import pytest
 from agent.deploy.loader import load_model
 from agent.deploy.probation import CountingDetector
 from agent.detect.detector import Detector
+from agent.health.message import LinkBacklog, health_message
+from agent.health.system import SystemSample
 from agent.link.outbox import Outbox, OutboxSettings
 from agent.link.telemetry import DetectionBatcher
 from agent.pipeline.settings import CameraSettings
@@ -37,6 +39,9 @@ from controller.release.recipes import example_spec
 from ota.build import build_bundle
 from ota.install import SlotStore
 from ota.manifest import InputSpec, PostprocessSpec
+from protocol.codec import decode, encode
+from protocol.events import RuntimeWorkerState
+from protocol.messages import Health
 
 FPS = 10
 BLAZEFACE_SPEC = InputSpec(width=128, height=128, color="rgb", mean=(127.5,) * 3, std=(127.5,) * 3)
@@ -206,6 +211,20 @@ def test_a_worker_killed_mid_stream_is_reported_restarted_and_nothing_is_lost(
         os.kill(first_pid, signal.SIGKILL)
         killed_at = len(recorder.done)
         assert recorder.wait_done(killed_at + 15), "the pipeline did not go on after the kill"
+        # the health the agent sends now, through the wire and back
+        health = decode(
+            encode(
+                health_message(
+                    "cam-1",
+                    uptime_s=1.0,
+                    sample=SystemSample(),
+                    cameras=pipeline.workers,
+                    link=LinkBacklog(outbox_depth=0, outbox_dropped=0, mqtt_reconnects=0),
+                    runtime_workers=[runtime.worker_health()],
+                )
+            ),
+            Health,
+        )
         assert source.done.wait(60)
     finally:
         pipeline.stop()
@@ -221,6 +240,15 @@ def test_a_worker_killed_mid_stream_is_reported_restarted_and_nothing_is_lost(
     assert kinds[0] == WorkerEventKind.CRASHED
     assert WorkerEventKind.RESTARTED in kinds
     assert runtime.crashes == 1 and runtime.restarts == 1
+    # and in health: the crash, the restart, the new worker and why the old one died
+    (reported,) = health.runtime_workers
+    assert reported.runtime == "litert"
+    assert reported.crashes >= 1 and reported.restarts >= 1
+    assert reported.state == RuntimeWorkerState.RUNNING
+    assert reported.pid is not None and reported.pid != first_pid
+    assert f"pid {first_pid}" in reported.last_crash
+    closed = runtime.worker_health()
+    assert (closed.state, closed.pid) == (RuntimeWorkerState.STOPPED, None)
     # no frame processed twice, and a failed frame is never retried
     assert len(recorder.done) == len(set(recorder.done))
     assert not set(recorder.done) & set(recorder.failed)

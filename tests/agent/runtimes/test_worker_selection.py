@@ -79,6 +79,8 @@ def test_worker_crashes_reach_the_outbox_as_error_events(tmp_path) -> None:
         agent._worker_event(WorkerEvent(WorkerEventKind.CRASHED, "litert", "exit status -9", 1, 0))
         agent._worker_event(WorkerEvent(WorkerEventKind.RESTARTED, "litert", "pid 7", 1, 1))
         events = [decode(item.payload, Event) for item in agent.outbox.oldest(10)]
+        # no model, no worker: health lists none
+        assert agent._runtime_workers() == ()
     finally:
         agent.outbox.close()
     assert [(e.kind, e.level) for e in events] == [
@@ -117,6 +119,10 @@ def test_an_agent_runs_a_bundle_in_the_worker_its_settings_name(
         runtime = model.detector.inner.runtime  # type: ignore[attr-defined]
         assert isinstance(runtime, WorkerRuntime) and runtime.pid is not None
         pid = runtime.pid
+        # the worker is listed in the agent's health, with no crash yet
+        (worker,) = agent._runtime_workers()
+        assert (worker.runtime, worker.state, worker.pid) == ("litert", "running", pid)
+        assert (worker.crashes, worker.restarts) == (0, 0)
     finally:
         model = agent.pipeline.swap(None)
         if model is not None:
