@@ -13,6 +13,9 @@ from pydantic import ValidationError
 from agent.settings import AgentSettings
 from protocol.logs import configure_logging
 
+# not __doc__: the unit runs the agent with PYTHONOPTIMIZE=2, which drops docstrings
+DESCRIPTION = "Run the device daemon, probe runtimes, verify or install a bundle file."
+
 
 def setup_logging(level: str) -> None:
     # text or JSON ($EDGEFLEET_LOG_FORMAT), the same as the controller's
@@ -131,7 +134,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgefleet-agent", description=__doc__)
+    parser = argparse.ArgumentParser(prog="edgefleet-agent", description=DESCRIPTION)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="settings YAML (env EDGEFLEET_AGENT_* wins)")
     common.add_argument("--device-id", help="override the device id")
