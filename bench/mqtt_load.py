@@ -170,14 +170,18 @@ class DeviceMessages:
             Health(id=_MARK_ID, ts=_MARK_TS, device=self.device, cpu_percent=12.5)
         )
 
+    # Ids lead with the send time in milliseconds, as the agent's do (protocol.messages.new_id
+    # is a UUIDv7), so they sort by time; the device and a serial keep them unique and readable.
+
     def next_det(self, now: float) -> bytes:
         n = next(self.serial)
-        tag = f"{self.device}-{n:010d}"
-        return self.det.format(f"m-{tag}", f"d-{tag}", repr(now)).encode()
+        tag = f"{int(now * 1000):012x}-{self.device}-{n:010d}"
+        return self.det.format(f"{tag}-m", f"{tag}-d", repr(now)).encode()
 
     def next_health(self, now: float) -> bytes:
         n = next(self.serial)
-        return self.health.format(f"h-{self.device}-{n:010d}", "", repr(now)).encode()
+        tag = f"{int(now * 1000):012x}-{self.device}-{n:010d}"
+        return self.health.format(f"{tag}-h", "", repr(now)).encode()
 
 
 def check_messages(topics: Topics) -> None:

@@ -7,8 +7,8 @@ does not know, so a newer agent can talk to an older controller within one major
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -37,7 +37,15 @@ TRANSFER_TOKEN_HEADER = "X-Edgefleet-Transfer-Token"  # noqa: S105 - a header na
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex digits laid out as a UUIDv7 (RFC 9562): 48 bits of unix milliseconds, the version,
+    then 74 random bits. Ids made later sort later, so the rows a controller keys by them
+    (detections, events, health) are appended at the end of their index instead of landing on
+    a random page of it: at 10,000 devices that decides whether the index's hot pages fit in
+    the database's cache. Uniqueness is the random part's (2**74 per millisecond)."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # variant 10
+    return f"{value:032x}"
 
 
 class WireModel(BaseModel):
