@@ -40,6 +40,9 @@ THIRD_PARTY_LOGGERS = (
     "amqtt",
     "py.warnings",
 )
+# loggers that say something at INFO on every run of a job (two lines a second for the
+# controller's one-second rollout tick): WARNING and up unless the root logs DEBUG
+CHATTY_LOGGERS = ("apscheduler.executors.default",)
 
 # what every LogRecord has: anything else on a record came in through `extra=`
 _RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()) | {
@@ -136,5 +139,8 @@ def configure_logging(
         for old in library.handlers[:]:
             library.removeHandler(old)
         library.propagate = True
+    quiet = logging.WARNING if root.getEffectiveLevel() > logging.DEBUG else logging.NOTSET
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)
     logging.captureWarnings(True)
     return handler

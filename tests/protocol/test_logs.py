@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.logs import THIRD_PARTY_LOGGERS, configure_logging, log_format
+from protocol.logs import CHATTY_LOGGERS, THIRD_PARTY_LOGGERS, configure_logging, log_format
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,6 +26,7 @@ def restore_logging():
         name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate)
         for name in THIRD_PARTY_LOGGERS
     }
+    levels = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
     yield
     logging.captureWarnings(False)
     for handler in root.handlers[:]:
@@ -36,6 +37,8 @@ def restore_logging():
     for name, (old, propagate) in libraries.items():
         logging.getLogger(name).handlers[:] = old
         logging.getLogger(name).propagate = propagate
+    for name, chatty_level in levels.items():
+        logging.getLogger(name).setLevel(chatty_level)
 
 
 def test_library_lines_come_out_as_json_through_the_one_handler(restore_logging):
@@ -82,6 +85,21 @@ def test_text_format_is_key_value_and_replaces_older_handlers(restore_logging):
     (line,) = second.getvalue().splitlines()
     assert line.endswith(" level=DEBUG logger=apscheduler.scheduler tick")
     assert line.startswith("ts=")
+
+
+def test_a_job_run_says_nothing_at_info_but_its_failure_does_and_debug_says_all(restore_logging):
+    out = io.StringIO()
+    configure_logging("INFO", "text", stream=out)
+    jobs = logging.getLogger("apscheduler.executors.default")
+    jobs.info('Running job "rollouts-tick"')
+    jobs.error('Job "rollouts-tick" raised an exception')
+    assert [line.split(" logger=")[1] for line in out.getvalue().splitlines()] == [
+        'apscheduler.executors.default Job "rollouts-tick" raised an exception'
+    ]
+    verbose = io.StringIO()
+    configure_logging("DEBUG", "text", stream=verbose)
+    jobs.info('Running job "rollouts-tick"')
+    assert 'Running job "rollouts-tick"' in verbose.getvalue()
 
 
 def test_the_format_comes_from_the_environment_and_bad_names_are_refused(monkeypatch):
