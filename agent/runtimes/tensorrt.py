@@ -31,6 +31,7 @@ from agent.runtimes.base import (
     TensorDetails,
 )
 from agent.runtimes.cuda_buffers import CudaBackend, find_cuda, open_backend
+from agent.runtimes.worker.program import INT8_NEEDS_CALIBRATION, replaying_calibrator
 from protocol.events import RuntimeKey
 
 logger = logging.getLogger(__name__)
@@ -110,28 +111,6 @@ def probe_with(
     )
 
 
-def _calibrator(trt: Any, cache: bytes) -> Any:
-    """An INT8 calibrator that only replays the calibration cache the bundle carries."""
-
-    class CacheCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,unused-ignore]
-        def __init__(self) -> None:
-            super().__init__()
-
-        def get_batch_size(self) -> int:
-            return 1
-
-        def get_batch(self, names: Any) -> None:
-            return None  # no images: the cache holds the scales
-
-        def read_calibration_cache(self) -> bytes:
-            return cache
-
-        def write_calibration_cache(self, data: Any) -> None:
-            return None
-
-    return CacheCalibrator()
-
-
 class TensorRTRuntime(Runtime):
     """A TensorRT engine on GPU 0, built from ONNX on first load and cached."""
 
@@ -150,7 +129,7 @@ class TensorRTRuntime(Runtime):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision == "int8" and calibration_cache is None:
-            raise ValueError("INT8 needs the calibration cache the bundle carries")
+            raise ValueError(INT8_NEEDS_CALIBRATION)
         self.precision = precision
         self.cache_dir = cache_dir
         self.calibration_cache = calibration_cache
@@ -267,7 +246,7 @@ class TensorRTRuntime(Runtime):
             config.set_flag(trt.BuilderFlag.FP16)
         if self.precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)
-            config.int8_calibrator = _calibrator(trt, calibration or b"")
+            config.int8_calibrator = replaying_calibrator(trt, calibration or b"")
         logger.info("tensorrt_engine_build precision=%s api=%s", self.precision, api)
         if api == "bindings":
             engine = builder.build_engine(network, config)

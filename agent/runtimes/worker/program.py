@@ -494,11 +494,74 @@ def tensorrt_api(trt: Any) -> str:
     return "tensors" if (major, minor) >= (8, 5) else "bindings"
 
 
+# the in-process plug-in (agent.runtimes.tensorrt) uses this reason and calibrator too
+INT8_NEEDS_CALIBRATION = "INT8 needs the calibration cache the bundle carries"
+
+
+def replaying_calibrator(trt: Any, cache: bytes) -> Any:
+    """An INT8 calibrator that only replays the calibration cache the bundle carries."""
+
+    class CacheCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,unused-ignore]
+        def __init__(self) -> None:
+            super().__init__()
+
+        def get_batch_size(self) -> int:
+            return 1
+
+        def get_batch(self, names: Any) -> None:
+            return None  # no images: the cache holds the scales
+
+        def read_calibration_cache(self) -> bytes:
+            return cache
+
+        def write_calibration_cache(self, data: Any) -> None:
+            return None
+
+    return CacheCalibrator()
+
+
+def read_calibration(request: Dict[str, Any], precision: str) -> Optional[bytes]:
+    """The INT8 calibration cache the request names (None for other precisions).
+
+    Raises BackendError when INT8 comes without a cache or the cache cannot be read.
+    """
+    if precision != "int8":
+        return None
+    path = request.get("calibration_cache")
+    if not path:
+        raise BackendError(LOAD, INT8_NEEDS_CALIBRATION)
+    try:
+        with open(str(path), "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise BackendError(LOAD, f"TensorRT cannot read the calibration cache {path}: {exc}")
+
+
+def engine_cache_name(
+    onnx: bytes, trt_version: str, precision: str, calibration: Optional[bytes]
+) -> str:
+    """The engine's file name: model digest, TensorRT version, precision and, for INT8, the
+    calibration's digest folded in as the in-process plug-in does, so an engine built with one
+    calibration is never reused for another."""
+    import hashlib
+
+    name = f"{hashlib.sha256(onnx).hexdigest()[:24]}-trt{trt_version}-{precision}"
+    if calibration is not None:
+        digest = hashlib.sha256(calibration).hexdigest()
+        settings = hashlib.sha256(f"{precision}|{digest}".encode()).hexdigest()
+        name = f"{name}-{settings[:8]}"
+    return name + ".engine"
+
+
 class TensorRTBackend(Backend):
     """An engine built on the device from the ONNX model (input shape already fixed by the
-    agent), cached per model digest, TensorRT version and precision; run synchronously."""
+    agent), cached per model digest, TensorRT version, precision and INT8 calibration; run
+    synchronously."""
 
     def __init__(self, request: Dict[str, Any]) -> None:
+        precision = request.get("precision") or "fp16"
+        # refused before TensorRT is touched, as the in-process plug-in refuses it at creation
+        self.calibration = read_calibration(request, precision)
         trt = import_module_or_unavailable("tensorrt")
         self.api = tensorrt_api(trt)
         self.cuda = CudaMemory()
@@ -513,7 +576,9 @@ class TensorRTBackend(Backend):
             onnx = handle.read()
         precision = request.get("precision") or "fp16"
         logger = trt.Logger(trt.Logger.WARNING)
-        serialized = self._cached_or_built(trt, logger, onnx, precision, request.get("cache_dir"))
+        serialized = self._cached_or_built(
+            trt, logger, onnx, precision, self.calibration, request.get("cache_dir")
+        )
         engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
         if engine is None:
             raise BackendError(LOAD, "TensorRT could not deserialize the engine")
@@ -542,16 +607,20 @@ class TensorRTBackend(Backend):
         self.bindings = [pointers[t[0]] for t in io]
 
     def _cached_or_built(
-        self, trt: Any, logger: Any, onnx: bytes, precision: str, cache_dir: Optional[str]
+        self,
+        trt: Any,
+        logger: Any,
+        onnx: bytes,
+        precision: str,
+        calibration: Optional[bytes],
+        cache_dir: Optional[str],
     ) -> bytes:
-        import hashlib
-
-        key = f"{hashlib.sha256(onnx).hexdigest()[:24]}-trt{trt.__version__}-{precision}.engine"
+        key = engine_cache_name(onnx, str(trt.__version__), precision, calibration)
         path = os.path.join(cache_dir, key) if cache_dir else None
         if path is not None and os.path.isfile(path):
             with open(path, "rb") as handle:
                 return handle.read()
-        serialized = self._build(trt, logger, onnx, precision)
+        serialized = self._build(trt, logger, onnx, precision, calibration)
         if path is not None:
             os.makedirs(cache_dir or ".", exist_ok=True)
             with open(path + ".part", "wb") as handle:
@@ -560,7 +629,9 @@ class TensorRTBackend(Backend):
         return serialized
 
     @staticmethod
-    def _build(trt: Any, logger: Any, onnx: bytes, precision: str) -> bytes:
+    def _build(
+        trt: Any, logger: Any, onnx: bytes, precision: str, calibration: Optional[bytes]
+    ) -> bytes:
         builder = trt.Builder(logger)
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
         parser = trt.OnnxParser(network, logger)
@@ -572,10 +643,14 @@ class TensorRTBackend(Backend):
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 28)
         else:
             config.max_workspace_size = 1 << 28  # 256 MiB: fits a 4 GB Nano
-        if precision == "fp16" and builder.platform_has_fast_fp16:
+        # as in-process: INT8 also allows FP16 kernels for layers INT8 does not cover
+        if precision in ("fp16", "int8") and builder.platform_has_fast_fp16:
             config.set_flag(trt.BuilderFlag.FP16)
-        elif precision == "int8":
-            raise BackendError(LOAD, "INT8 in the worker is not supported; use fp16 or fp32")
+        if precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+            # held here until the build is done: TensorRT calls back into it while building
+            calibrator = replaying_calibrator(trt, calibration or b"")
+            config.int8_calibrator = calibrator
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise BackendError(LOAD, "TensorRT could not build an engine for this model")

@@ -54,6 +54,7 @@ from agent.runtimes.worker.launch import (
 from agent.runtimes.worker.program import (
     HEADER,
     INFERENCE,
+    INT8_NEEDS_CALIBRATION,
     LOAD,
     MAX_MESSAGE,
     UNAVAILABLE,
@@ -240,6 +241,10 @@ class WorkerRuntime(Runtime):
     def create(
         cls, *, num_threads: int | None = None, options: RuntimeOptions | None = None
     ) -> WorkerRuntime:
+        """Raises RuntimeUnavailableError for INT8 without a calibration cache, as in-process."""
+        options = options or RuntimeOptions()
+        if cls.KEY == "tensorrt" and options.precision == "int8" and not options.calibration_cache:
+            raise RuntimeUnavailableError(INT8_NEEDS_CALIBRATION)
         return cls(num_threads=num_threads, options=options)
 
     @classmethod
@@ -321,6 +326,12 @@ class WorkerRuntime(Runtime):
             "device": self.options.device,
             "precision": self.options.precision,
             "cache_dir": str(self.options.cache_dir) if self.options.cache_dir else None,
+            # a path: the worker shares the agent's filesystem and user, and reads it itself
+            "calibration_cache": (
+                str(self.options.calibration_cache.absolute())
+                if self.options.calibration_cache
+                else None
+            ),
             "in_path": str(folder / "input"),
             "out_path": str(folder / "output"),
         }

@@ -9,6 +9,7 @@ and out, output order — not TensorRT.
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -16,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.runtimes.base import ModelLoadError, RuntimeOptions
+from agent.runtimes.base import ModelLoadError, RuntimeOptions, RuntimeUnavailableError
+from agent.runtimes.tensorrt import TensorRTRuntime
 from agent.runtimes.worker.launch import WorkerLaunch, probe_in_worker
 from agent.runtimes.worker.proxy import worker_runtime_class
 
@@ -70,6 +72,10 @@ class NetworkDefinitionCreationFlag:
     EXPLICIT_BATCH = 0
 class BuilderFlag:
     FP16 = "fp16"
+    INT8 = "int8"
+class IInt8EntropyCalibrator2:
+    def __init__(self):
+        pass
 class Network:
     pass
 class OnnxParser:
@@ -80,6 +86,7 @@ class OnnxParser:
         return data[:1] != b"x"
 class Config:
     max_workspace_size = 0
+    int8_calibrator = None
     def __init__(self):
         self.flags = []
     def set_flag(self, flag):
@@ -95,7 +102,16 @@ class Builder:
     def build_serialized_network(self, network, config):
         with open(os.environ["FAKE_TRT_BUILDS"], "a") as log:
             log.write("build\\n")
-        return json.dumps({"flags": config.flags, "workspace": config.max_workspace_size}).encode()
+        blob = {"flags": config.flags, "workspace": config.max_workspace_size}
+        calibrator = config.int8_calibrator
+        if calibrator is not None:  # replayed as TensorRT would: batches until None, then cache
+            assert isinstance(calibrator, IInt8EntropyCalibrator2)
+            blob["calibration"] = {
+                "batch_size": calibrator.get_batch_size(),
+                "batch": calibrator.get_batch(["input"]),
+                "cache": calibrator.read_calibration_cache().decode("latin-1"),
+            }
+        return json.dumps(blob).encode()
 class Engine:
     num_bindings = 3
     names = ["input", "out_10", "out_2"]
@@ -199,3 +215,65 @@ def test_a_vendor_package_failing_its_own_way_is_a_load_error_not_a_crash(
         assert runtime.crashes == 0
     finally:
         runtime.close()
+
+
+def load_int8(tmp_path: Path, vendor: Path, model: Path, calibration: Path | None) -> None:
+    """Load `model` at INT8 in a worker, bypassing `create`'s check, and close it again."""
+    options = RuntimeOptions(
+        device="CUDA",
+        precision="int8",
+        cache_dir=tmp_path / "engines",
+        calibration_cache=calibration,
+    )
+    runtime = worker_runtime_class("tensorrt", jetson_launch(tmp_path, vendor))(options=options)
+    try:
+        runtime.load(model, input_shape=SHAPE)
+    finally:
+        runtime.close()
+
+
+def test_int8_builds_with_the_int8_flag_replaying_the_bundles_calibration_cache(
+    tmp_path, fake_vendor, centerface_model
+) -> None:
+    calibration = tmp_path / "calibration.cache"
+    calibration.write_bytes(b"TRT-8201-EntropyCalibration2\ninput: 3c010a14\n\x00\xff")
+    load_int8(tmp_path, fake_vendor, centerface_model, calibration)
+    (engine,) = (tmp_path / "engines").glob("*.engine")
+    built = json.loads(engine.read_bytes())
+    # FP16 too where the platform has it, as the in-process plug-in builds INT8
+    assert built["flags"] == ["fp16", "int8"]
+    replayed = built["calibration"]
+    assert (replayed["batch_size"], replayed["batch"]) == (1, None)
+    assert replayed["cache"].encode("latin-1") == calibration.read_bytes()
+
+
+def test_each_calibration_cache_gets_an_engine_of_its_own(
+    tmp_path, fake_vendor, centerface_model
+) -> None:
+    first, second = tmp_path / "first.cache", tmp_path / "second.cache"
+    first.write_bytes(b"TRT-8201-EntropyCalibration2\ninput: 3c010a14\n")
+    second.write_bytes(b"TRT-8201-EntropyCalibration2\ninput: 3c8b4396\n")
+    for calibration in (first, second, first):
+        load_int8(tmp_path, fake_vendor, centerface_model, calibration)
+    # one build per calibration; the third load reuses the first calibration's engine
+    assert (tmp_path / "builds.log").read_text().splitlines() == ["build", "build"]
+    engines = sorted((tmp_path / "engines").glob("*.engine"))
+    assert len(engines) == 2
+    caches = {json.loads(e.read_bytes())["calibration"]["cache"].encode("latin-1") for e in engines}
+    assert caches == {first.read_bytes(), second.read_bytes()}
+
+
+def test_int8_without_a_calibration_cache_is_refused_with_the_in_process_reason(
+    tmp_path, fake_vendor, centerface_model
+) -> None:
+    options = RuntimeOptions(device="CUDA", precision="int8")
+    with pytest.raises(RuntimeUnavailableError) as in_process:
+        TensorRTRuntime.create(options=options)
+    runtime_class = worker_runtime_class("tensorrt", jetson_launch(tmp_path, fake_vendor))
+    with pytest.raises(RuntimeUnavailableError) as in_worker:
+        runtime_class.create(options=options)
+    assert str(in_worker.value) == str(in_process.value)
+    # and the worker itself refuses a load request that carries no cache, before any build
+    with pytest.raises(ModelLoadError, match=str(in_process.value)):
+        load_int8(tmp_path, fake_vendor, centerface_model, None)
+    assert not (tmp_path / "builds.log").exists()
