@@ -246,8 +246,10 @@ class RolloutEngine:
             if state in judged and failure_tripped(session, row, spec, snap, now):
                 return
             if state is RolloutState.RUNNING:
-                join_new(session, row, snap, now)
-                eligible = set(select_devices(session, Selector.model_validate(row.selector)))
+                # one selection per tick: it reads every device the selector may match
+                matching = select_devices(session, Selector.model_validate(row.selector))
+                join_new(session, row, snap, matching, now)
+                eligible = set(matching)
                 if judge_wave(session, row, spec, snap, eligible, now):
                     offer(session, row, spec, snap, eligible, now)
 

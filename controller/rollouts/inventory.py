@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from controller.db import Bundle, Device
@@ -44,20 +44,6 @@ class UnknownBundleRef(InventoryError, LookupError):
 
 class AmbiguousBundleRef(InventoryError):
     code = "ambiguous_bundle"
-
-
-@dataclass(frozen=True)
-class DeviceView:
-    """A device as selectors see it."""
-
-    id: str
-    online: bool
-    profile: str
-    agent_version: str
-    runtimes: tuple[str, ...]
-    active_digest: str | None
-    tags: tuple[str, ...]
-    decommissioned: bool
 
 
 def check_tag(tag: str) -> str:
@@ -100,33 +86,19 @@ def resolve_bundle(session: Session, ref: str) -> str:
     return rows[0]
 
 
-def device_views(session: Session) -> list[DeviceView]:
-    """Every known device with its inventory, ordered by id."""
-    inventory = {row.device: row for row in session.scalars(select(DeviceInventory))}
-    views = []
-    for dev in session.scalars(select(Device).order_by(Device.id)):
-        inv = inventory.get(dev.id)
-        runtimes = tuple(
-            str(r.get("key")) for r in dev.runtimes if isinstance(r, dict) and r.get("available")
-        )
-        views.append(
-            DeviceView(
-                id=dev.id,
-                online=bool(dev.online),
-                profile=dev.profile,
-                agent_version=dev.agent_version,
-                runtimes=runtimes,
-                active_digest=dev.active_digest,
-                # the union: a selector on a tag matches whoever set it, device or operator
-                tags=tuple(sorted({*(inv.tags if inv else ()), *dev.declared_tags})),
-                decommissioned=bool(inv and inv.decommissioned is not None),
-            )
-        )
-    return views
+def available_runtimes(reported: Any) -> set[str]:
+    """The runtime keys a device's state lists as available."""
+    if not isinstance(reported, list):
+        return set()
+    return {str(r.get("key")) for r in reported if isinstance(r, dict) and r.get("available")}
 
 
 def select_devices(session: Session, selector: Selector) -> list[str]:
     """Ids of the devices `selector` matches now, ordered by id.
+
+    The rollout engine asks this on every tick of every running rollout, so the database does
+    the filtering it can (decommissioned, profile, agent version, bundle, online) and only the
+    JSON a selector needs (runtimes, tags) is read, of the devices left.
 
     Raises UnknownGroup, and the bundle reference errors of `resolve_bundle`.
     """
@@ -137,24 +109,41 @@ def select_devices(session: Session, selector: Selector) -> list[str]:
             raise UnknownGroup(f"no group {selector.group!r}")
         selectors.append(Selector.model_validate(group.selector))
     digests = [resolve_bundle(session, s.bundle) if s.bundle else None for s in selectors]
-    return [
-        view.id
-        for view in device_views(session)
-        if not view.decommissioned
-        and all(_matches(view, s, d) for s, d in zip(selectors, digests, strict=True))
-    ]
-
-
-def _matches(view: DeviceView, sel: Selector, digest: str | None) -> bool:
-    return (
-        (not sel.devices or view.id in sel.devices)
-        and (sel.profile is None or view.profile == sel.profile)
-        and (sel.runtime is None or sel.runtime in view.runtimes)
-        and all(tag in view.tags for tag in sel.tags)
-        and (sel.agent_version is None or view.agent_version == sel.agent_version)
-        and (digest is None or view.active_digest == digest)
-        and (sel.online is None or view.online == sel.online)
+    query = (
+        select(Device.id, Device.runtimes, Device.declared_tags, DeviceInventory.tags)
+        .outerjoin(DeviceInventory, DeviceInventory.device == Device.id)
+        .where(DeviceInventory.decommissioned.is_(None))
+        .order_by(Device.id)
     )
+    needs_runtimes = any(s.runtime is not None for s in selectors)
+    needs_tags = any(s.tags for s in selectors)
+    if not (needs_runtimes or needs_tags):
+        query = query.with_only_columns(Device.id)
+    for sel, digest in zip(selectors, digests, strict=True):
+        if sel.profile is not None:
+            query = query.where(Device.profile == sel.profile)
+        if sel.agent_version is not None:
+            query = query.where(Device.agent_version == sel.agent_version)
+        if digest is not None:
+            query = query.where(Device.active_digest == digest)
+        if sel.online is not None:
+            query = query.where(func.coalesce(Device.online, False) == sel.online)
+    listed = [set(s.devices) for s in selectors if s.devices]
+    matched = []
+    for row in session.execute(query):
+        if not all(row.id in ids for ids in listed):
+            continue
+        if needs_runtimes:
+            runtimes = available_runtimes(row.runtimes)
+            if not all(s.runtime in runtimes for s in selectors if s.runtime is not None):
+                continue
+        if needs_tags:
+            # the union: a selector on a tag matches whoever set it, device or operator
+            tags = {*(row.tags or ()), *(row.declared_tags or ())}
+            if not all(tag in tags for s in selectors for tag in s.tags):
+                continue
+        matched.append(row.id)
+    return matched
 
 
 def _inventory(session: Session, device_id: str) -> DeviceInventory:

@@ -23,9 +23,8 @@ from controller.rollouts.desired import (
     set_revert_target,
     set_target,
 )
-from controller.rollouts.inventory import select_devices
 from controller.rollouts.models import DeviceTarget, RolloutDevice, RolloutEventRow, RolloutRow
-from controller.rollouts.spec import RolloutSpec, Selector
+from controller.rollouts.spec import RolloutSpec
 from controller.rollouts.states import TOUCHED_MEMBERS, MemberState, RolloutState
 from protocol.events import DeploymentStatus
 
@@ -51,11 +50,18 @@ class Snapshot:
             )
         )
         ids = [m.device for m in self.members]
-        self.devices: dict[str, Device] = {}
+        # what a tick needs of each member's device: its running bundle and whether it is
+        # online (two columns, not whole rows with their JSON, at every tick)
+        self.devices: dict[str, tuple[str | None, bool]] = {}
         self.targets: dict[str, DeviceTarget] = {}
         for part in _chunks(ids):
             self.devices.update(
-                (d.id, d) for d in session.scalars(select(Device).where(Device.id.in_(part)))
+                (d.id, (d.active_digest, bool(d.online)))
+                for d in session.execute(
+                    select(Device.id, Device.active_digest, Device.online).where(
+                        Device.id.in_(part)
+                    )
+                )
             )
             self.targets.update(
                 (t.device, t)
@@ -71,11 +77,11 @@ class Snapshot:
 
     def active(self, device: str) -> str | None:
         row = self.devices.get(device)
-        return row.active_digest if row else None
+        return row[0] if row else None
 
     def online(self, device: str) -> bool:
         row = self.devices.get(device)
-        return bool(row and row.online)
+        return bool(row and row[1])
 
 
 def new_member(rollout_id: str, device: str, wave: int, position: int) -> RolloutDevice:
@@ -256,12 +262,13 @@ def finish_revert(session: Session, row: RolloutRow, snap: Snapshot, now: float)
     )
 
 
-def join_new(session: Session, row: RolloutRow, snap: Snapshot, now: float) -> None:
-    """Devices that newly match the selector join the last wave."""
+def join_new(
+    session: Session, row: RolloutRow, snap: Snapshot, matching: Sequence[str], now: float
+) -> None:
+    """Devices that newly match the selector (`matching`: every device it matches now, in
+    order) join the last wave."""
     known = {m.device for m in snap.members}
-    fresh = [
-        d for d in select_devices(session, Selector.model_validate(row.selector)) if d not in known
-    ]
+    fresh = [d for d in matching if d not in known]
     if not fresh:
         return
     last = max((m.wave for m in snap.members), default=0)
@@ -272,7 +279,7 @@ def join_new(session: Session, row: RolloutRow, snap: Snapshot, now: float) -> N
         snap.members.append(member)
         found = session.get(Device, device)
         if found is not None:
-            snap.devices[device] = found
+            snap.devices[device] = (found.active_digest, bool(found.online))
     add_timeline(session, row, now, "devices_joined", {"devices": fresh[:50], "count": len(fresh)})
 
 

@@ -39,6 +39,8 @@ def test_selectors_match_what_devices_report_and_what_operators_say(fleet):
         assert pick(bundle=old[:8]) == [a, b]
         assert pick(online=False) == [b]
         assert pick(devices=[c, a]) == [a, c]
+        assert pick(runtime="onnx", tags=["lab"]) == []
+        assert pick(runtime="onnx", devices=[c], online=True) == [c]
         inventory.save_group(session, "lab", Selector(tags=["lab"]), 0.0)
         assert pick(group="lab", online=True) == [a]
         inventory.set_decommissioned(session, a, True)
@@ -53,6 +55,17 @@ def test_selectors_match_what_devices_report_and_what_operators_say(fleet):
             inventory.set_tags(session, b, ["no spaces"], [])
         with pytest.raises(inventory.UnknownDeviceRef):
             inventory.set_tags(session, "cam-none", ["x"], [])
+
+
+def test_a_device_whose_reported_runtimes_are_not_a_list_matches_no_runtime(fleet):
+    bundle = fleet.add_bundle("face", 1)
+    a, b = fleet.add_devices(2, bundle)
+    with fleet.sessions.begin() as session:
+        session.get(Device, a).runtimes = {"onnx": True}  # not what an agent sends
+        session.get(Device, b).runtimes = ["onnx", {"key": "onnx", "available": True}]
+    with fleet.sessions.begin() as session:
+        assert inventory.select_devices(session, Selector(runtime="onnx")) == [b]
+        assert inventory.select_devices(session, Selector()) == [a, b]
 
 
 def test_tags_a_device_declares_match_selectors_beside_the_operators(fleet):
