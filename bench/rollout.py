@@ -209,6 +209,13 @@ def main() -> int:
         "all on a 2-core box: a 500-device wave at 0.25 MB/s each keeps every reader inside "
         "its broker window; 2 MB/s (the slow links' speed) sent each chunk 6 times over",
     )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=0,
+        help="the rollout's cap on devices offered and not finished (0: none): bounds what the "
+        "broker queues for readers, at most its per-client queue each",
+    )
     parser.add_argument("--skip-halt", action="store_true")
     parser.add_argument(
         "--broker-config", default="", help="extra mosquitto.conf lines (';' between lines)"
@@ -274,6 +281,7 @@ def main() -> int:
         spec = RolloutSpec(
             waves=[Amount.parse(w) for w in WAVES],
             rate_per_min=1_000_000,
+            max_in_flight=args.max_in_flight,
             success_threshold=Amount.parse(args.success),
             failure_threshold=Amount.parse("10%"),
             min_finished=10,
@@ -311,7 +319,7 @@ def main() -> int:
         f"devices_per_min={updated / seconds * 60:.0f} controller_bytes_ratio={ratio:.3f} "
         f"broker_peak_rss_mb={rss:.0f} halt_s={halt_s:.2f} revert_s={revert_s:.1f} "
         f"bundle_bytes={info.size} waves={len(WAVES)} rollout_s={seconds:.1f} "
-        f"send_mb_s={pace:g} link_mb_s={args.link_mb_s:g}"
+        f"max_in_flight={args.max_in_flight} send_mb_s={pace:g} link_mb_s={args.link_mb_s:g}"
     )
     return 0 if updated >= Amount.parse(args.success).of(args.devices) else 1
 

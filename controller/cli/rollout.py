@@ -100,6 +100,7 @@ def spec_from(args: argparse.Namespace) -> dict[str, Any]:
         "growth_factor": args.growth,
         "growth_every": args.growth_every,
         "jitter": args.jitter,
+        "max_in_flight": args.max_in_flight,
         "success_threshold": args.success_threshold,
         "failure_threshold": args.failure_threshold,
         "min_finished": args.min_finished,
@@ -324,6 +325,13 @@ def add_rollout_parser(subparsers: Any) -> None:
     create.add_argument("--growth", type=float, default=None, help="rate multiplier ...")
     create.add_argument("--growth-every", type=int, default=None, help="... per N successes")
     create.add_argument("--jitter", type=float, default=None, help="0..1 spread of offer spacing")
+    create.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most devices offered and not yet finished at once (bounds broker memory)",
+    )
     create.add_argument("--success-threshold", default=None, help="count or %% a wave needs")
     create.add_argument("--failure-threshold", default=None, help="count or %% that halts")
     create.add_argument("--min-finished", type=int, default=None)

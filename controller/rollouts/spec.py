@@ -124,6 +124,15 @@ class RolloutSpec(BaseModel):
     growth_every: int = Field(0, ge=0, description="... after every this many successes; 0: never")
     max_rate_per_min: float = Field(100_000.0, gt=0)
     jitter: float = Field(0.0, ge=0, lt=1, description="random spread of offer spacing, 0..1")
+    max_in_flight: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="most devices offered and not yet finished (downloading, installing, on "
+        "probation) at once; the rest wait their turn; 0: no limit. The broker holds at most "
+        "its per-client queue for each device reading chunks, so this bounds the rollout's "
+        "share of broker memory fleet-wide",
+    )
     success_threshold: Amount = Field(
         Amount(value=100, percent=True), description="successes a wave needs to pass"
     )

@@ -381,7 +381,8 @@ def offer(
     eligible: set[str],
     now: float,
 ) -> None:
-    """Offer queued online devices of the open waves, spaced by the rate (with jitter)."""
+    """Offer queued online devices of the open waves, spaced by the rate (with jitter), with
+    at most `max_in_flight` offered and not yet finished."""
     queue = [
         m
         for m in snap.members
@@ -392,15 +393,19 @@ def offer(
     ]
     successes = sum(1 for m in snap.members if m.state == MemberState.SUCCEEDED.value)
     interval = 60.0 / _rate(spec, successes)
+    in_flight = sum(1 for m in snap.members if m.state == MemberState.OFFERED.value)
     for member in queue:
         if row.next_offer_at > now:
             return
+        if spec.max_in_flight and in_flight >= spec.max_in_flight:
+            break  # the next offer waits for a device to finish; the pace restarts from now
         member.previous = snap.active(member.device)
         if member.previous == row.bundle:
             _finish(member, MemberState.SUCCEEDED, "already_running", now)
         else:
             member.state, member.offered_at = MemberState.OFFERED.value, now
             set_target(session, member.device, row.bundle, row.id, now)
+            in_flight += 1
         spread = random.Random(f"{row.id}:{row.offers}").uniform(-spec.jitter, spec.jitter)
         row.offers += 1
         row.next_offer_at += interval * (1.0 + spread)

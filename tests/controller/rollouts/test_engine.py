@@ -83,6 +83,27 @@ def test_a_rate_that_grows_after_successes_offers_faster(fleet):
     assert done > 30
 
 
+def test_no_more_devices_in_flight_than_the_rollout_allows(fleet):
+    old, new = fleet.add_bundle("face", 1), fleet.add_bundle("face", 2)
+    fleet.add_devices(12, old)
+    rid = fleet.engine.create(
+        "cap", "face@2", Selector(), spec(waves=["100%"], rate_per_min=6000, max_in_flight=3)
+    )
+    most = 0
+    for _ in range(60):
+        fleet.engine.tick(fleet.clock.now)
+        offered = [m for m in members(fleet, rid).values() if m.state == "offered"]
+        assert len(offered) <= 3
+        most = max(most, len(offered))
+        fleet.agents_answer()
+        fleet.clock.now += 1.0
+        if rollout(fleet, rid).state == "completed":
+            break
+    assert rollout(fleet, rid).state == RolloutState.COMPLETED.value
+    assert most == 3  # the cap was reached, and it held
+    assert all(d.active == new for d in fleet.devices.values())
+
+
 def test_a_failing_canary_halts_and_the_others_never_get_the_bundle(fleet):
     old = fleet.add_bundle("face", 1)
     fleet.add_bundle("face", 2)

@@ -46,6 +46,8 @@ def test_rollout_from_the_cli_with_groups_watch_and_abort_revert(capsys, control
         "1,100%",
         "--rate",
         "600",
+        "--max-in-flight",
+        "2",
         "--failure-threshold",
         "50%",
         "--timeout-probation",
@@ -54,6 +56,7 @@ def test_rollout_from_the_cli_with_groups_watch_and_abort_revert(capsys, control
     )
     rid = created["id"]
     assert created["spec"]["timeouts"]["probation_s"] == 120
+    assert created["spec"]["max_in_flight"] == 2
     assert created["spec"]["failure_threshold"] == {"value": 50.0, "percent": True}
     wait_until(
         "waiting for approval",
