@@ -200,14 +200,12 @@ def main() -> int:
     parser.add_argument("--probation", type=float, default=2.0)
     parser.add_argument("--success", default="90%", help="successes a wave needs to pass")
     parser.add_argument("--timeout", type=float, default=1800.0, help="the rollout's, seconds")
-    parser.add_argument("--coalesce", type=float, default=0.5, help="chunk coalescing, seconds")
+    parser.add_argument("--coalesce", type=float, default=2.0, help="chunk coalescing, seconds")
     parser.add_argument(
         "--send-mb-s",
         type=float,
-        default=0.25,
-        help="pace of a chunk pass, MB/s (0: unpaced). The simulator takes about 150 MB/s in "
-        "all on a 2-core box: a 500-device wave at 0.25 MB/s each keeps every reader inside "
-        "its broker window; 2 MB/s (the slow links' speed) sent each chunk 6 times over",
+        default=0.0,
+        help="ceiling on the pace of a chunk pass, MB/s (0: none, the reader window paces it)",
     )
     parser.add_argument(
         "--max-in-flight",

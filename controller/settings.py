@@ -275,9 +275,9 @@ class ControllerSettings(BaseSettings):
         2.0,
         ge=0,
         le=10_000,
-        description="pace of the shared bundle-chunk broadcast in MB/s (0: unpaced); devices "
-        "that fall behind the broker's per-client byte window ask again and are served in a "
-        "later pass, so the pace bounds broker memory and resends",
+        description="ceiling on the pace of the shared bundle-chunk broadcast in MB/s (0: "
+        "none); under it a pass goes as fast as its readers report reading, each kept within "
+        "a window below the broker's per-client queue",
     )
     trust_path: Path | None = Field(
         None,

@@ -19,6 +19,10 @@ from ota.atomic import fsync_dir
 _HASH_BLOCK = 1 << 20
 # the received-chunks map is one byte per chunk and is scanned on the control thread
 MAX_CHUNKS = 1 << 16
+# a receiver reports how far it got at least this often: the sender keeps what each reader has
+# not read yet within a window of the broker's per-client queue, and can do that only as finely
+# as it hears (controller.bundles.chunks)
+PROGRESS_STEP_BYTES = 256 << 10
 
 
 class TransferError(Exception):
@@ -52,6 +56,11 @@ class Offer:
             raise TransferError(
                 f"offer lists {len(self.chunk_digests)} chunk digests for {self.chunks} chunks"
             )
+
+    @property
+    def progress_step(self) -> int:
+        """Chunks between two progress reports: a tenth of the bundle, at most 256 KiB of it."""
+        return max(1, min(-(-self.chunks // 10), PROGRESS_STEP_BYTES // self.chunk_size))
 
     def chunk_length(self, index: int) -> int:
         if index == self.chunks - 1:
@@ -133,7 +142,7 @@ class ChunkAssembler:
 
     @property
     def received(self) -> int:
-        return sum(self._have)
+        return self._have.count(1)
 
     @property
     def complete(self) -> bool:

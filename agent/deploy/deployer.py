@@ -57,7 +57,8 @@ class _Transfer:
     started: float = field(default_factory=time.monotonic)
     last_progress: float = field(default_factory=time.monotonic)
     requests: int = 0
-    reported_tenths: int = -1
+    saved_tenths: int = -1
+    reported_steps: int = -1
     dropped: set[int] = field(default_factory=set)
     last_rerequest: float = 0.0
 
@@ -227,10 +228,15 @@ class DeviceDeployer:
         transfer.last_progress = time.monotonic()
         transfer.requests = 0  # attempts count only requests that brought nothing
         offer = transfer.assembler.offer
-        tenths = transfer.assembler.received * 10 // offer.chunks
-        if tenths != transfer.reported_tenths:
-            transfer.reported_tenths = tenths
+        received = transfer.assembler.received
+        tenths = received * 10 // offer.chunks
+        if tenths != transfer.saved_tenths:
+            transfer.saved_tenths = tenths
             transfer.assembler.save_progress()
+        steps = received // offer.progress_step
+        if steps != transfer.reported_steps:
+            # finer than the saves: the controller paces its chunk passes by these
+            transfer.reported_steps = steps
             self._events.report(
                 EventKind.DOWNLOADING,
                 transfer.ref,

@@ -46,6 +46,18 @@ _EVENT_STATUS = {
     EventKind.ROLLED_BACK: DeploymentStatus.ROLLED_BACK,
 }
 
+# events after which a device reads no more of the bundle's chunks
+_READ_DONE = frozenset(
+    k.value
+    for k in (
+        EventKind.VERIFIED,
+        EventKind.INSTALLING,
+        EventKind.PROBATION,
+        EventKind.RUNNING,
+        EventKind.FAILED,
+        EventKind.ROLLED_BACK,
+    )
+)
 
 Transport = Literal["auto", "mqtt", "http"]
 """How a deployment's bytes travel; `auto` picks HTTP for bundles at or over the threshold."""
@@ -249,8 +261,16 @@ class DeploymentService:
     def after_commit(self, batch: Sequence[Accepted]) -> None:
         for item in batch:
             msg = item.message
-            if isinstance(msg, Event) and msg.kind == EventKind.CHUNK_REQUEST and msg.bundle:
+            if not isinstance(msg, Event) or not msg.bundle:
+                continue
+            if msg.kind == EventKind.CHUNK_REQUEST:
                 self._serve(msg.device, msg.bundle, msg.missing)
+            elif msg.kind == EventKind.DOWNLOADING:
+                if msg.progress is not None:
+                    # what a reader has read paces the passes it reads (the reader window)
+                    self._chunks.progress(msg.device, msg.bundle, msg.progress)
+            elif msg.kind in _READ_DONE:
+                self._chunks.finished(msg.device, msg.bundle)
 
     def _serve(self, device: str, digest: str, missing: Sequence[ChunkRange]) -> None:
         with self._sessions() as session:

@@ -146,7 +146,7 @@ class Transfer:
     cmd_ids: list[str | None]
     received: int = 0
     requests: int = 0
-    reported_tenths: int = -1
+    reported_steps: int = -1
     last_progress: float = field(default_factory=time.monotonic)
     fail_at: int = 0
     offline_at: int = 0
@@ -588,9 +588,9 @@ class SimDevice:
             self.go_offline(self.knobs.offline_s)
             return
         chunks = transfer.assembler.offer.chunks
-        tenths = transfer.received * 10 // chunks
-        if tenths != transfer.reported_tenths:
-            transfer.reported_tenths = tenths
+        steps = transfer.received // transfer.assembler.offer.progress_step
+        if steps != transfer.reported_steps:
+            transfer.reported_steps = steps
             self.event(
                 EventKind.DOWNLOADING,
                 digest,
