@@ -49,6 +49,8 @@ from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
 
+# a pass waits at most this many coalescing times after the first request it gathers
+COALESCE_STRETCH = 20
 # a device may have a bundle sent this many times over per window; resumes and a few lost
 # chunks fit easily, a forged request loop does not
 DEFAULT_PASSES_PER_WINDOW = 3
@@ -155,7 +157,8 @@ class ChunkServer:
         self.send_rate = send_rate
         self._cond = threading.Condition()
         self._wanted: dict[str, set[int]] = {}
-        self._since: dict[str, float] = {}
+        self._since: dict[str, float] = {}  # first request gathered for the next pass
+        self._latest: dict[str, float] = {}  # latest request gathered for it
         self._bundles: dict[str, BundleInfo] = {}
         self._sending: dict[str, set[int]] = {}
         self._stopping = False
@@ -229,7 +232,10 @@ class ChunkServer:
                 del self._wanted[bundle.digest]
                 return 0
             self._bundles[bundle.digest] = bundle
-            self._since.setdefault(bundle.digest, time.monotonic())
+            now = time.monotonic()
+            self._since.setdefault(bundle.digest, now)
+            # each asking device, even one whose chunks were already asked for
+            self._latest[bundle.digest] = now
             self._cond.notify_all()
             return added
 
@@ -354,12 +360,24 @@ class ChunkServer:
         with self._cond:
             while not self._stopping:
                 now = time.monotonic()
-                due = [(t + self.coalesce_s, d) for d, t in self._since.items()]
+                # a pass starts once requests paused for the coalescing time (a wave's
+                # devices ask over a second or two), or a few times that after the first
+                due = [
+                    (
+                        min(
+                            t + self.coalesce_s * COALESCE_STRETCH,
+                            self._latest.get(d, t) + self.coalesce_s,
+                        ),
+                        d,
+                    )
+                    for d, t in self._since.items()
+                ]
                 if due:
                     at, digest = min(due)
                     if at <= now:
                         self._forget(now)
                         del self._since[digest]
+                        self._latest.pop(digest, None)
                         indices = sorted(self._wanted.pop(digest))
                         self._sending[digest] = set(indices)
                         return self._bundles[digest], indices

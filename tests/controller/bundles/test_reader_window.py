@@ -161,3 +161,27 @@ def test_the_budget_is_shared_out_so_more_readers_get_a_smaller_window_each(serv
     server.progress("a", info.digest, 3 / info.chunks)
     server.progress("b", info.digest, 1 / info.chunks)
     assert _steady(lambda: len(published)) == 4, "b, the slowest, is three behind"
+
+
+def test_a_pass_starts_once_the_requests_of_a_wave_pause_so_one_pass_serves_them_all(served):
+    first, _, info = served
+    published = Published()
+    server = ChunkServer(
+        published,  # type: ignore[arg-type]
+        first.store,
+        Topics(),
+        0.4,
+        reader_window=0,
+    ).start()
+    try:
+        everything = [(0, info.chunks - 1)]
+        # devices asking one after another, each within the coalescing time of the last,
+        # for longer than that time in all: nothing goes out until they pause
+        for n in range(6):
+            server.request(info, everything, device=f"cam-{n}")
+            time.sleep(0.2)
+            assert len(published) == 0, n
+        wait_until("the pass", lambda: len(published) == info.chunks, 5)
+        assert published.indices == list(range(info.chunks)) and server.passes == 1
+    finally:
+        server.stop()
