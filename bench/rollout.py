@@ -2,7 +2,8 @@
 
 A real mosquitto (the demo broker's bounded configuration) and a real controller (ingest,
 deployments, chunk server, rollout engine ticked by its scheduler, SQLite) serve `--devices`
-simulated agents (`controller.demo.sim`) that start on a small bundle. A rollout then takes a
+simulated agents (`edgefleet sim`, in `--sim-processes` processes of their own) that start on a
+small bundle. A rollout then takes a
 `--megabytes` bundle to the whole fleet in waves of 1 % → 10 % → 50 % → 100 %, each wave
 judged by the engine on its success threshold before the next opens; `--slow-fraction` of the
 devices read at `--slow-factor` of the others' speed. `devices_per_min` counts devices that
@@ -20,9 +21,12 @@ broker_peak_rss_mb=… halt_s=… revert_s=…`.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,8 +39,6 @@ from sqlalchemy import select
 
 from controller.db import Deployment, Device
 from controller.demo.broker import MosquittoBroker
-from controller.demo.sim.fleet import SimFleet
-from controller.demo.sim.knobs import BundleBehaviour, SimKnobs
 from controller.rollouts import views
 from controller.rollouts.spec import Amount, RolloutSpec, Selector, StageTimeouts
 from controller.rollouts.states import OPEN_STATES, MemberState, RolloutState
@@ -131,12 +133,12 @@ def run_rollout(
 
 
 def measure_revert(
-    controller: Controller, rollout_id: str, names: Sequence[str], digest: str, timeout: float
+    controller: Controller, rollout_id: str, devices: int, digest: str, timeout: float
 ) -> float:
     """Abort the rollout with revert; seconds until the controller sees all on `digest`."""
     start = time.monotonic()
     controller.rollouts.abort(rollout_id, revert=True)
-    wait(lambda: devices_on(controller, digest) >= len(names), timeout, "revert", interval=0.5)
+    wait(lambda: devices_on(controller, digest) >= devices, timeout, "revert", interval=0.5)
     return time.monotonic() - start
 
 
@@ -183,6 +185,60 @@ def workdir_root(megabytes: float, devices: int) -> str | None:
     return None
 
 
+def start_sims(
+    args: argparse.Namespace, port: int, trust: Path, installed: Path, workdir: Path
+) -> list[subprocess.Popen[str]]:
+    """`edgefleet sim` in `--sim-processes` processes sharing out the devices: the simulated
+    fleet gets interpreters of its own, apart from the controller's."""
+    count = max(1, args.sim_processes)
+    sims = []
+    for n in range(count):
+        devices = args.devices // count + (n < args.devices % count)
+        argv = [
+            str(Path(sys.executable).parent / "edgefleet"),
+            "--output=json",
+            "sim",
+            f"--devices={devices}",
+            f"--broker-port={port}",
+            f"--id-prefix=sim{n}",
+            f"--seed={n}",
+            f"--trust={trust}",
+            f"--installed={installed}",
+            f"--workdir={workdir / f'sim{n}'}",
+            f"--slow-fraction={args.slow_fraction}",
+            f"--slow-factor={args.slow_factor}",
+            f"--link-mb-s={args.link_mb_s}",
+            f"--probation-s={args.probation}",
+            "--health-interval-s=15",
+            "--chunk-request-timeout-s=5",
+            "--bundle=rollout@3:fail=1",  # the bad bundle fails every probation
+            "--report-s=3600",
+        ]
+        sims.append(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True))
+    return sims
+
+
+def stop_sims(sims: Sequence[subprocess.Popen[str]]) -> dict[str, int]:
+    """Stop the simulators; their counters summed, from each one's last report."""
+    totals: Counter[str] = Counter()
+    for sim in sims:
+        if sim.poll() is None:
+            sim.send_signal(signal.SIGTERM)
+        try:
+            out, _ = sim.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+            out, _ = sim.communicate()
+        reports = [line for line in out.splitlines() if line.startswith("{")]
+        if reports:
+            for key, value in json.loads(reports[-1]).items():
+                if isinstance(value, int):
+                    totals[key] += value
+                elif key == "failures":
+                    totals.update({f"failure:{k}": v for k, v in value.items()})
+    return dict(totals)
+
+
 def note(text: str) -> None:
     print(f"# {time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
 
@@ -214,6 +270,12 @@ def main() -> int:
         help="the rollout's cap on devices offered and not finished (0: none): bounds what the "
         "broker queues for readers, at most its per-client queue each",
     )
+    parser.add_argument(
+        "--sim-processes",
+        type=int,
+        default=1,
+        help="processes the simulated devices are shared out among, apart from the controller",
+    )
     parser.add_argument("--skip-halt", action="store_true")
     parser.add_argument(
         "--broker-config", default="", help="extra mosquitto.conf lines (';' between lines)"
@@ -232,19 +294,11 @@ def main() -> int:
     first = build(workdir, 1, 0.2, key)
     second = build(workdir, 2, args.megabytes, key)
     bad = build(workdir, 3, 0.2, key)
-    knobs = SimKnobs(
-        slow_fraction=args.slow_fraction,
-        slow_factor=args.slow_factor,
-        link_mb_s=args.link_mb_s,
-        probation_s=args.probation,
-        health_interval_s=15.0,
-        chunk_request_timeout_s=5.0,
-        bundles={"rollout@3": BundleBehaviour(fails_probation=True)},
-    )
     extra = "\n".join(line.strip() for line in args.broker_config.split(";"))
     broker = MosquittoBroker(workdir=workdir / "broker", extra_config=extra).start()
     controller: Controller | None = None
-    fleet: SimFleet | None = None
+    sims: list[subprocess.Popen[str]] = []
+    counters: dict[str, int] = {}
     try:
         assert broker._proc is not None
         controller = Controller(
@@ -263,17 +317,15 @@ def main() -> int:
         pace = args.send_mb_s
         controller.chunks.send_rate = pace * 1e6
         note("controller up; starting the simulated fleet")
-        fleet = SimFleet(
-            args.devices,
-            port=broker.port,
-            trust=trust,
-            knobs=knobs,
-            workdir=workdir / "sim",
-            installed=first.path,
-        ).start(timeout=300)
-        names = [d.id for d in fleet.devices]
-        note(f"{len(names)} simulated devices online")
-        wait(lambda: devices_on(controller, first.digest) >= len(names), 300, "devices known")
+        sims = start_sims(args, broker.port, workdir / "trust.json", first.path, workdir)
+
+        def known() -> bool:
+            if any(sim.poll() is not None for sim in sims):
+                raise RuntimeError("a simulator exited before its devices came online")
+            return devices_on(controller, first.digest) >= args.devices
+
+        wait(known, 300, "devices known")
+        note(f"{args.devices} simulated devices online in {len(sims)} processes")
         info = controller.bundles.add_file(second.path)
         note("the controller knows every device; the rollout starts")
         spec = RolloutSpec(
@@ -289,7 +341,7 @@ def main() -> int:
         rollout_id, updated, seconds = run_rollout(controller, info.digest, spec, args.timeout)
         sent = controller.chunks.bytes_sent - sent_before
         note("aborting with revert")
-        revert_s = measure_revert(controller, rollout_id, names, first.digest, 600)
+        revert_s = measure_revert(controller, rollout_id, args.devices, first.digest, 600)
         note(f"reverted in {revert_s:.1f}s")
         halt_s = float("nan")
         if not args.skip_halt:
@@ -297,16 +349,15 @@ def main() -> int:
             halt_s = measure_halt(controller, bad_info.digest, spec)
             note(f"halted {halt_s:.2f}s after the crossing failure was stored")
         rss = peak_rss_mb(broker._proc.pid)
-        c = fleet.counters
+        counters = stop_sims(sims)
         print(
-            f"# sim: chunks={c.chunks} dropped={c.dropped_chunks} requests={c.chunk_requests} "
-            f"verified={c.verified} verifier_runs={c.verifier_runs} failures={c.failures} "
-            f"passes={controller.chunks.passes} loop_errors={fleet.loop.errors}",
+            f"# sim: {' '.join(f'{k}={v}' for k, v in sorted(counters.items()))} "
+            f"passes={controller.chunks.passes} readers_released="
+            f"{controller.chunks.readers_released}",
             file=sys.stderr,
         )
     finally:
-        if fleet is not None:
-            fleet.stop()
+        stop_sims(sims)
         if controller is not None:
             controller.stop()
         broker.close()

@@ -77,6 +77,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             offline_s=args.offline_s,
             probation_s=args.probation_s,
             health_interval_s=args.health_interval_s,
+            chunk_request_timeout_s=args.chunk_request_timeout_s,
             bundles={k: BundleBehaviour(**v) for k, v in behaviours.items()},
             **{name: getattr(args, name) for name, _ in _RATES},
         )
@@ -94,6 +95,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         trust=trust,
         knobs=knobs,
         id_prefix=args.id_prefix,
+        workdir=args.workdir,
         installed=args.installed,
     )
     try:
@@ -128,6 +130,10 @@ def _report(fleet: Any, output: str) -> None:
         "failed": c.failed,
         "rolled_back": c.rolled_back,
         "chunk_requests": c.chunk_requests,
+        "chunks": c.chunks,
+        "dropped_chunks": c.dropped_chunks,
+        "verifier_runs": c.verifier_runs,
+        "loop_errors": fleet.loop.errors,
         "failures": c.failures,
     }
     if output == "json":
@@ -158,6 +164,15 @@ def add_sim_parser(subparsers: Any) -> None:
     parser.add_argument("--offline-s", type=float, default=5.0)
     parser.add_argument("--probation-s", type=float, default=10.0)
     parser.add_argument("--health-interval-s", type=float, default=10.0)
+    parser.add_argument(
+        "--chunk-request-timeout-s",
+        type=float,
+        default=2.0,
+        help="seconds without a chunk before a device asks again (then with backoff)",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="where the devices' downloads go (default: a temporary one)"
+    )
     parser.add_argument(
         "--bundle",
         action="append",
