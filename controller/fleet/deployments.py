@@ -153,53 +153,83 @@ class DeploymentService:
         Raises UnknownDevice, UnknownBundle, HttpTransportUnavailable, PublishError (the
         deployment is then `failed`), UnknownDeployment (its row vanished meanwhile).
         """
-        now = self._clock()
         with self._sessions.begin() as session:
-            if session.get(Device, device_id) is None:
-                raise UnknownDevice(device_id)
-            row = session.get(Bundle, digest)
-            if row is None:
-                raise UnknownBundle(digest)
-            info = BundleInfo.of(row)
-            offer = self._with_chunk_digests(info, info.offer(self.bundle_url(info, transport)))
-            if offer.url is not None and self._transfer_tokens is not None:
-                token = self._transfer_tokens.issue(
-                    TransferPurpose.BUNDLE_FILE, info.digest, device_id
-                )
-                offer = offer.model_copy(update={"token": token})
-            command = Deploy(device=device_id, bundle=offer)
-            session.add(
-                Deployment(
-                    id=uuid.uuid4().hex,
-                    device=device_id,
-                    bundle=digest,
-                    cmd_id=command.id,
-                    status=DeploymentStatus.PENDING.value,
-                    reason="",
-                    created=now,
-                    updated=now,
-                )
-            )
+            command = self.record(session, device_id, digest, transport)
         # committed first, so an ack that races back finds the deployment
-        try:
-            self._commands.send(command)
-        except PublishError as exc:
-            self._set_status(
-                command.id, DeploymentStatus.FAILED, f"command not sent: {exc}", force=True
-            )
-            raise
-        self._set_status(command.id, DeploymentStatus.SENT, "")
-        log.info(
-            "event=deploy_sent device=%s bundle=%s cmd=%s transport=%s",
-            device_id,
-            digest[:12],
-            command.id,
-            "http" if offer.url else "mqtt",
-        )
+        errors = self.dispatch([command])
+        if command.id in errors:
+            raise errors[command.id]
         found = self.get_by_cmd(command.id)
         if found is None:
             raise UnknownDeployment(command.id)
         return found
+
+    def record(
+        self, session: Session, device_id: str, digest: str, transport: Transport = "auto"
+    ) -> Deploy:
+        """Add a pending deployment to `session`; returns its Deploy command, to `dispatch`
+        once the session committed.
+
+        Raises UnknownDevice, UnknownBundle, HttpTransportUnavailable."""
+        now = self._clock()
+        if session.get(Device, device_id) is None:
+            raise UnknownDevice(device_id)
+        row = session.get(Bundle, digest)
+        if row is None:
+            raise UnknownBundle(digest)
+        info = BundleInfo.of(row)
+        offer = self._with_chunk_digests(info, info.offer(self.bundle_url(info, transport)))
+        if offer.url is not None and self._transfer_tokens is not None:
+            token = self._transfer_tokens.issue(TransferPurpose.BUNDLE_FILE, info.digest, device_id)
+            offer = offer.model_copy(update={"token": token})
+        command = Deploy(device=device_id, bundle=offer)
+        session.add(
+            Deployment(
+                id=uuid.uuid4().hex,
+                device=device_id,
+                bundle=digest,
+                cmd_id=command.id,
+                status=DeploymentStatus.PENDING.value,
+                reason="",
+                created=now,
+                updated=now,
+            )
+        )
+        return command
+
+    def dispatch(self, commands: Sequence[Deploy]) -> dict[str, PublishError]:
+        """Send recorded deployments' commands, then mark them `sent` (or `failed`, with the
+        reason) in one transaction; returns the errors by command id."""
+        errors: dict[str, PublishError] = {}
+        for command in commands:
+            try:
+                self._commands.send(command)
+            except PublishError as exc:
+                errors[command.id] = exc
+                continue
+            log.info(
+                "event=deploy_sent device=%s bundle=%s cmd=%s transport=%s",
+                command.device,
+                command.bundle.digest[:12],
+                command.id,
+                "http" if command.bundle.url else "mqtt",
+            )
+        if not commands:
+            return errors
+        now = self._clock()
+        with self._sessions.begin() as session:
+            rows = session.scalars(
+                select(Deployment).where(Deployment.cmd_id.in_([c.id for c in commands]))
+            )
+            for row in rows:
+                error = errors.get(row.cmd_id)
+                if error is None:
+                    _advance(row, DeploymentStatus.SENT, "", now)
+                else:
+                    _advance(
+                        row, DeploymentStatus.FAILED, f"command not sent: {error}", now, force=True
+                    )
+        return errors
 
     def _with_chunk_digests(self, info: BundleInfo, offer: BundleOffer) -> BundleOffer:
         """The offer with each chunk's sha256, so an agent drops a forged chunk alone; only
@@ -225,14 +255,6 @@ class DeploymentService:
         with self._sessions() as session:
             row = session.scalar(select(Deployment).where(Deployment.cmd_id == cmd_id))
             return DeploymentInfo.of(row) if row else None
-
-    def _set_status(
-        self, cmd_id: str, status: DeploymentStatus, reason: str, *, force: bool = False
-    ) -> None:
-        with self._sessions.begin() as session:
-            row = session.scalar(select(Deployment).where(Deployment.cmd_id == cmd_id))
-            if row is not None:
-                _advance(row, status, reason, self._clock(), force=force)
 
     # -- IngestHook --
 

@@ -10,6 +10,7 @@ so a device is never offered the same target twice.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -24,6 +25,10 @@ from controller.rollouts.spec import StageTimeouts
 from protocol.events import DeploymentStatus
 
 log = logging.getLogger(__name__)
+
+# targets whose deployments are recorded in one transaction, then sent: a wave of 500 devices
+# took 19 s to go out one transaction (five, in fact) per device
+DELIVERY_BATCH = 200
 
 # the stage a deployment's status is in; each stage has its own timeout
 STAGES = {
@@ -168,12 +173,38 @@ class Reconciler:
                 )
             )
         sent = 0
-        for device in due:
-            if self.deliver(device) is not None:
-                sent += 1
+        for start in range(0, len(due), DELIVERY_BATCH):
+            sent += self._deliver_batch(due[start : start + DELIVERY_BATCH])
         if sent:
             log.info("event=targets_reconciled sent=%d", sent)
         return sent
+
+    def _deliver_batch(self, devices: Sequence[str]) -> int:
+        """`deliver` for many devices: their deployments recorded in one transaction, with
+        each target pointing at its own, then sent; returns how many went out."""
+        commands = []
+        with self._sessions.begin() as session:
+            for device in devices:
+                target = session.get(DeviceTarget, device)
+                if target is None or target.cmd_id is not None:
+                    continue
+                found = _adoptable(session, target)
+                if found is not None:
+                    target.cmd_id = found.cmd_id
+                    continue
+                try:
+                    command = self._deployer.record(session, device, target.bundle)
+                except (UnknownDevice, UnknownBundle) as exc:
+                    log.error("event=target_undeliverable device=%s error=%r", device, str(exc))
+                    continue
+                target.cmd_id = command.id
+                commands.append(command)
+        # committed first, so an ack that races back finds its deployment; one that could
+        # not be sent is `failed`, and stays the target's, as in `deliver`
+        errors = self._deployer.dispatch(commands)
+        for cmd_id, error in errors.items():
+            log.warning("event=target_not_sent cmd=%s error=%r", cmd_id, str(error))
+        return len(commands) - len(errors)
 
     def targets(self, device: str | None = None) -> list[TargetView]:
         """Targets with the device's active bundle and the delivering deployment's status."""
