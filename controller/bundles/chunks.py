@@ -158,7 +158,8 @@ class ChunkServer:
         self._cond = threading.Condition()
         self._wanted: dict[str, set[int]] = {}
         self._since: dict[str, float] = {}  # first request gathered for the next pass
-        self._latest: dict[str, float] = {}  # latest request gathered for it
+        self._latest: dict[str, float] = {}  # latest device that joined it
+        self._gathered: dict[str, set[str]] = {}  # the devices that did
         self._bundles: dict[str, BundleInfo] = {}
         self._sending: dict[str, set[int]] = {}
         self._stopping = False
@@ -234,8 +235,13 @@ class ChunkServer:
             self._bundles[bundle.digest] = bundle
             now = time.monotonic()
             self._since.setdefault(bundle.digest, now)
-            # each asking device, even one whose chunks were already asked for
-            self._latest[bundle.digest] = now
+            # each device that joins, even one whose chunks were already asked for; not one
+            # asking again while it waits, which would hold the pass back for ever
+            gathered = self._gathered.setdefault(bundle.digest, set())
+            if device is None or device not in gathered:
+                if device is not None:
+                    gathered.add(device)
+                self._latest[bundle.digest] = now
             self._cond.notify_all()
             return added
 
@@ -378,6 +384,7 @@ class ChunkServer:
                         self._forget(now)
                         del self._since[digest]
                         self._latest.pop(digest, None)
+                        self._gathered.pop(digest, None)
                         indices = sorted(self._wanted.pop(digest))
                         self._sending[digest] = set(indices)
                         return self._bundles[digest], indices
