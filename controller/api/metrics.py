@@ -182,6 +182,21 @@ class ControllerCollector(Collector):
         yield _counter(
             "edgefleet_chunks_sent_total", "Bundle chunks published.", self.chunks.chunks_sent
         )
+        yield _gauge(
+            "edgefleet_chunk_readers",
+            "Devices reading bundle chunks that the passes keep within their window.",
+            self.chunks.readers,
+        )
+        yield _counter(
+            "edgefleet_chunk_readers_released_total",
+            "Readers that held a chunk pass up too long and stopped holding it.",
+            self.chunks.readers_released,
+        )
+        yield _counter(
+            "edgefleet_chunk_window_wait_seconds_total",
+            "Seconds chunk passes waited for their readers to catch up.",
+            self.chunks.window_wait_s,
+        )
         yield _counter(
             "edgefleet_mqtt_published_total",
             "QoS 1 messages handed to the broker.",

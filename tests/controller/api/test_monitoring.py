@@ -166,8 +166,12 @@ def test_metrics_parse_with_fleet_families_and_http_counts(sessions, tmp_path):
         "edgefleet_ingest_unacked",
         "edgefleet_mqtt_inflight",
         "edgefleet_chunks_sent",
+        "edgefleet_chunk_readers",
+        "edgefleet_chunk_readers_released",
+        "edgefleet_chunk_window_wait_seconds",
     ):
         assert name in metrics, name
+    assert metrics["edgefleet_chunk_readers"][()] == 0
     assert metrics["edgefleet_devices"][()] == 3
     assert metrics["edgefleet_devices_online"][()] == 2
     assert metrics["edgefleet_database_up"][()] == 1
