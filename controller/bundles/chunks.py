@@ -290,7 +290,7 @@ class ChunkServer:
             holding=releases < MAX_HOLDS,
             releases=releases,
         )
-        if sum(len(r) for r in self._readers.values()) > self.max_readers:
+        if self.readers > self.max_readers:
             self._forget(time.monotonic(), keep=self.max_readers)
 
     def _leave(self, device: str, digest: str) -> bool:
@@ -366,8 +366,9 @@ class ChunkServer:
         with self._cond:
             while not self._stopping:
                 now = time.monotonic()
-                # a pass starts once requests paused for the coalescing time (a wave's
-                # devices ask over a second or two), or a few times that after the first
+                # a pass starts once no device joined it for the coalescing time (a wave's
+                # deploys go out over a second or more), or COALESCE_STRETCH times that after
+                # the first request
                 due = [
                     (
                         min(
