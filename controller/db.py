@@ -209,6 +209,18 @@ class HealthRollup(Base):
     __table_args__ = (Index("ix_health_rollups_minute", "minute"),)
 
 
+class IngestJournalPosition(Base):
+    """Where an ingest journal's writer stands, written in the transaction of the rows it read
+    (controller.mqtt.journal): after a crash, each journalled message is stored once."""
+
+    __tablename__ = "ingest_journal"
+
+    journal: Mapped[str] = mapped_column(String(64), primary_key=True)
+    segment: Mapped[int] = mapped_column(BigInteger)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    updated: Mapped[float] = mapped_column(Float)
+
+
 class EventRow(Base):
     __tablename__ = "events"
 

@@ -137,7 +137,12 @@ class Controller:
             transfer_tokens=self.transfer_tokens,
         )
         self.ingest = Ingest(
-            s.mqtt, s.ingest, self.sessions, hooks=[self.deployer], stats=self.stats
+            s.mqtt,
+            s.ingest,
+            self.sessions,
+            hooks=[self.deployer],
+            stats=self.stats,
+            journal_dir=s.data_dir / "ingest-journal",
         ).start()
         self._started = True
         self.reconciler = Reconciler(self.sessions, self.deployer)

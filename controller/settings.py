@@ -96,7 +96,7 @@ class EnrollmentSettings(BaseModel):
 class IngestSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    batch_size: int = Field(500, ge=1, le=100_000, description="most messages per commit")
+    batch_size: int = Field(2000, ge=1, le=100_000, description="most messages per commit")
     max_delay_s: float = Field(
         0.25, gt=0, le=60, description="longest a received message waits for its commit"
     )
@@ -120,6 +120,28 @@ class IngestSettings(BaseModel):
         ge=1024,
         le=256 * 1024,
         description="larger agent messages are dropped, counted and logged before decoding",
+    )
+    journal: bool = Field(
+        True,
+        description="acknowledge messages once they are synced to a local journal "
+        "(data_dir/ingest-journal) and store them from there; off: acknowledge after the "
+        "database commit, and a lagging database leaves the backlog to the broker",
+    )
+    journal_max_bytes: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        description="journal backlog past which messages are acknowledged after their commit "
+        "again (the broker holds the rest)",
+    )
+    journal_segment_bytes: int = Field(
+        64 << 20, ge=1 << 20, le=1 << 31, description="journal segment files' size"
+    )
+    journal_commit_interval_s: float = Field(
+        0.05,
+        gt=0,
+        le=5,
+        description="once caught up, the writer reads the journal this often (larger "
+        "batches, fewer commits; acknowledgements never wait for it)",
     )
     max_queued: int = Field(
         50_000,

@@ -127,6 +127,16 @@ def ingest_families(stats: dict[str, Any]) -> Iterator[Metric]:
         stats.get("unacked", 0),
     )
     yield _gauge(
+        "edgefleet_ingest_journal_bytes",
+        "Bytes in the ingest journal, acknowledged to the broker and not yet stored.",
+        stats.get("journal_bytes", 0),
+    )
+    yield _counter(
+        "edgefleet_ingest_journal_failures_total",
+        "Journal writes that failed (a full disk): acknowledged after the commit meanwhile.",
+        stats.get("journal_failures", 0),
+    )
+    yield _gauge(
         "edgefleet_ingest_lag_seconds",
         "Longest wait from receipt to commit in the last batch.",
         stats.get("lag_s", 0.0),

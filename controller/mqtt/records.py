@@ -26,6 +26,7 @@ from controller.db import (
     Device,
     EventRow,
     HealthRow,
+    IngestJournalPosition,
 )
 from protocol.events import DeviceStatus, EventLevel
 from protocol.messages import Ack, AgentMessage, DetectionBatch, Event, Health, State
@@ -35,6 +36,7 @@ _DEVICES = cast(Table, Device.__table__)
 _DETECTIONS = cast(Table, DetectionRow.__table__)
 _HEALTH = cast(Table, HealthRow.__table__)
 _EVENTS = cast(Table, EventRow.__table__)
+_JOURNAL = cast(Table, IngestJournalPosition.__table__)
 LAST_SEEN_RESOLUTION_S = 5.0
 """`devices.last_seen` is rewritten at most this often per device: at 10,000 devices a write
 per message would be most of the ingest's work."""
@@ -445,3 +447,26 @@ def write_batch(
             stored["health_downsampled"] += downsampled
     _touch_devices(session, device_ids, now, state)
     return stored
+
+
+def load_journal_position(session: Session, journal: str) -> tuple[int, int] | None:
+    """(segment, offset) where journal `journal`'s writer stands; None when it has not begun."""
+    row = session.execute(
+        select(_JOURNAL.c.segment, _JOURNAL.c.offset).where(_JOURNAL.c.journal == journal)
+    ).first()
+    return (int(row[0]), int(row[1])) if row is not None else None
+
+
+def save_journal_position(
+    session: Session, journal: str, segment: int, offset: int, now: float
+) -> None:
+    """Record, in the session's transaction, that the journal is stored up to (segment, offset)."""
+    values = {"journal": journal, "segment": segment, "offset": offset, "updated": now}
+    session.execute(
+        idempotent_insert(session, _JOURNAL)
+        .values(values)
+        .on_conflict_do_update(
+            index_elements=["journal"],
+            set_={"segment": segment, "offset": offset, "updated": now},
+        )
+    )

@@ -164,6 +164,8 @@ def test_metrics_parse_with_fleet_families_and_http_counts(sessions, tmp_path):
         "edgefleet_ingest_latency_seconds",
         "edgefleet_ingest_queued",
         "edgefleet_ingest_unacked",
+        "edgefleet_ingest_journal_bytes",
+        "edgefleet_ingest_journal_failures",
         "edgefleet_mqtt_inflight",
         "edgefleet_chunks_sent",
         "edgefleet_chunk_readers",

@@ -20,15 +20,22 @@ def sessions(db_url):
 
 
 @pytest.fixture
-def start_ingest(mosquitto, sessions):
-    """Starts ingests (settings overridable, hooks optional); each is stopped at the end."""
+def start_ingest(mosquitto, sessions, tmp_path):
+    """Starts ingests (settings overridable, hooks optional); each is stopped at the end.
+
+    They share the test's broker client id and journal folder, as restarts of one controller
+    do; `journal=False` in the settings runs one without a journal."""
     started: list[Ingest] = []
     client_id = f"ingest-{uuid.uuid4().hex[:8]}"
 
     def start(hooks=(), **ingest) -> Ingest:
-        settings = IngestSettings(**{"max_delay_s": 0.05, **ingest})
+        settings = IngestSettings(
+            **{"max_delay_s": 0.05, "journal_commit_interval_s": 0.01, **ingest}
+        )
         mqtt = MqttSettings(port=mosquitto.port, client_id=client_id)
-        one = Ingest(mqtt, settings, sessions, hooks=hooks).start()
+        one = Ingest(
+            mqtt, settings, sessions, hooks=hooks, journal_dir=tmp_path / "ingest-journal"
+        ).start()
         assert one.wait_ready(5)
         started.append(one)
         return one
