@@ -3,6 +3,7 @@ wired together; each part is handed what it uses."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -39,6 +40,30 @@ from controller.settings import ControllerSettings
 from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
+
+
+M_ARENA_MAX = -8
+"""glibc's mallopt parameter for the most malloc arenas (malloc.h)."""
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas for the threads this process will start; False when not done.
+
+    glibc gives threads arenas of their own (up to 8 per core). The ingest's threads (receiver,
+    journal, writer) free in one what they allocate in another, and the arenas fragment: at
+    10,000 devices the controller grew 35 % in ten minutes with the default, 2 % with two
+    arenas. `MALLOC_ARENA_MAX` in the environment, when set, wins; on a C library without
+    `mallopt` (musl, macOS) nothing changes."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_ARENA_MAX, count))
 
 
 class ControllerError(RuntimeError):

@@ -20,7 +20,7 @@ from protocol.logs import configure_logging
 
 def cmd_controller_run(args: argparse.Namespace) -> int:
     try:
-        from controller.server import Controller, ControllerError
+        from controller.server import Controller, ControllerError, limit_malloc_arenas
         from controller.settings import load_settings
     except ModuleNotFoundError as exc:
         missing_extra("controller run", "controller", exc)
@@ -32,6 +32,7 @@ def cmd_controller_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     # one handler for the controller and its libraries (uvicorn, paho, SQLAlchemy, APScheduler)
     configure_logging(logging.INFO, settings.log_format)
+    limit_malloc_arenas()  # before the controller starts its threads
     try:
         Controller(settings).serve_forever()
     except ControllerError as exc:

@@ -55,6 +55,8 @@ RETRY_AFTER_FAILURE_S = 5.0
 SYNC_INTERVAL_S = 0.01
 """At most one sync per this many seconds: acknowledgements wait up to that long."""
 READ_CHUNK = 1 << 20
+WRITEV_MAX = 512
+"""Records per writev call (the system's limit is 1,024 buffers)."""
 
 
 class JournalBusy(RuntimeError):
@@ -279,25 +281,33 @@ class Journal:
                     time.sleep(pause)
 
     def _write(self, batch: list[Entry]) -> None:
-        data = b"".join(encode(entry) for entry in batch)
+        # records stay small objects, written with writev: one joined buffer of a few hundred
+        # kilobytes per sync, sized differently each time, fragments the heap over hours
+        records = [encode(entry) for entry in batch]
+        size = sum(len(r) for r in records)
         try:
             if self._fd < 0 or self._offset >= self.segment_bytes:
                 self._rotate()
-            self._write_synced(self._fd, data)
+            self._write_synced(self._fd, records)
         except OSError as exc:
             self._fail(batch, exc)
             return
-        self._offset += len(data)
+        self._offset += size
         with self._lock:
             self._durable = Position(self._segment, self._offset)
-            self._durable_bytes += len(data)
+            self._durable_bytes += size
         self._on_durable(batch)
 
-    def _write_synced(self, fd: int, data: bytes) -> None:
-        """Write all of `data` and sync it; raises OSError (a full disk: ENOSPC)."""
-        written = 0
-        while written < len(data):
-            written += os.write(fd, data[written:])
+    def _write_synced(self, fd: int, records: list[bytes]) -> None:
+        """Write all of `records` and sync them; raises OSError (a full disk: ENOSPC)."""
+        for at in range(0, len(records), WRITEV_MAX):
+            part = records[at : at + WRITEV_MAX]
+            written = os.writev(fd, part)
+            total = sum(len(r) for r in part)
+            if written < total:  # a short write (rare on files): write the rest plainly
+                rest = b"".join(part)[written:]
+                while rest:
+                    rest = rest[os.write(fd, rest) :]
         os.fdatasync(fd)
 
     def _rotate(self) -> None:

@@ -43,10 +43,10 @@ class FullDisk(Journal):
 
     full = False
 
-    def _write_synced(self, fd: int, data: bytes) -> None:
+    def _write_synced(self, fd: int, records: list[bytes]) -> None:
         if self.full:
             raise OSError(errno.ENOSPC, "No space left on device")
-        super()._write_synced(fd, data)
+        super()._write_synced(fd, records)
 
 
 class Clock:
@@ -104,7 +104,7 @@ def test_a_record_round_trips_and_any_damage_is_refused():
 def test_entries_are_handed_back_once_synced_and_read_back_in_order(tmp_path):
     handed = Durable()
     journal = open_journal(tmp_path, handed).start()
-    entries = [entry(i) for i in range(500)]
+    entries = [entry(i) for i in range(3000)]  # more than one writev a sync
     append_all(journal, handed, entries)
     assert handed.durable == entries and handed.failed == []
     journal.seek(None)
