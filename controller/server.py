@@ -31,6 +31,7 @@ from controller.fleet.deployments import DeploymentService
 from controller.fleet.snapshots import SnapshotRequests, SnapshotStore
 from controller.mqtt.commands import CommandSender
 from controller.mqtt.ingest import Ingest, IngestStats
+from controller.mqtt.journal import JournalBusy
 from controller.mqtt.retention import apply_retention
 from controller.mqtt.session import Publisher
 from controller.rollouts.desired import Reconciler
@@ -161,14 +162,22 @@ class Controller:
             http_transfer_bytes=s.http_transfer_bytes,
             transfer_tokens=self.transfer_tokens,
         )
-        self.ingest = Ingest(
-            s.mqtt,
-            s.ingest,
-            self.sessions,
-            hooks=[self.deployer],
-            stats=self.stats,
-            journal_dir=s.data_dir / "ingest-journal",
-        ).start()
+        journal_dir = s.data_dir / "ingest-journal"
+        try:
+            ingest = Ingest(
+                s.mqtt,
+                s.ingest,
+                self.sessions,
+                hooks=[self.deployer],
+                stats=self.stats,
+                journal_dir=journal_dir,
+            )
+        except (JournalBusy, OSError) as exc:
+            self.chunks.stop()
+            self.publisher.stop()
+            self.engine.dispose()
+            raise ControllerError(f"the ingest journal in {journal_dir}: {exc}") from exc
+        self.ingest = ingest.start()
         self._started = True
         self.reconciler = Reconciler(self.sessions, self.deployer)
         self.rollouts = RolloutEngine(

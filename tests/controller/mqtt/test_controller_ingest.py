@@ -271,3 +271,20 @@ def test_garbage_on_every_channel_is_counted_and_good_messages_still_stored(
     assert any("code=payload_too_large topic=edgefleet/v1/dev/cam-a/det" in x for x in lines)
     assert all("\n" not in line for line in lines)
     assert count(sessions, Device) == 1  # garbage never created devices
+
+
+def test_past_the_journal_limit_messages_wait_for_their_commit(start_ingest, agent, sessions):
+    hook = FailingCommits()
+    hook.failing = True  # the database is away: the journal fills
+    ingest = start_ingest(hooks=[hook], journal_max_bytes=1 << 20)
+    sent = [detection_batch("cam-a", n=40) for _ in range(250)]  # about 2 MB
+    for batch in sent:
+        agent.send(batch, "det")
+    wait_until("journal past its limit", lambda: ingest.stats.snapshot()["journal_bytes"] > 1 << 20)
+    # past the limit nothing more is acknowledged before its commit
+    wait_until("messages held unacknowledged", lambda: ingest.stats.snapshot()["unacked"] > 0)
+
+    hook.failing = False
+    wait_until("all stored", lambda: count(sessions, DetectionRow) == 250 * 40)
+    wait_until("all acknowledged", lambda: ingest.stats.snapshot()["unacked"] == 0)
+    wait_until("journal drained", lambda: ingest.stats.snapshot()["journal_bytes"] == 0)
