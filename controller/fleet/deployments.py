@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.auth.transfer import TransferPurpose, TransferTokens
@@ -260,25 +260,36 @@ class DeploymentService:
 
     def in_transaction(self, session: Session, batch: Sequence[Accepted]) -> None:
         now = self._clock()
+        acks: list[Ack] = []
+        events: list[tuple[Event, DeploymentStatus]] = []
         for item in batch:
             msg = item.message
             if isinstance(msg, Ack):
-                row = session.scalar(select(Deployment).where(Deployment.cmd_id == msg.cmd_id))
-                if row is None or _is_replay_answer(msg):
-                    # a "replayed" answer is the device refusing a second copy of a command
-                    # it already handled (a QoS 1 redelivery): the first answer stands
-                    continue
-                if msg.ok:
-                    _advance(row, DeploymentStatus.ACCEPTED, "", now)
-                else:
-                    _advance(row, DeploymentStatus.FAILED, msg.detail or msg.result, now)
+                acks.append(msg)
             elif isinstance(msg, Event) and msg.bundle:
                 status = _event_status(msg.kind)
-                if status is None:
-                    continue
-                row = _deployment_for(session, msg.device, msg.bundle, msg.cmd_id)
-                if row is not None:
-                    _advance(row, status, msg.reason or "", now)
+                if status is not None:
+                    events.append((msg, status))
+        if not acks and not events:
+            return
+        # the batch's deployments in a query or two, not one per message: during a rollout
+        # every reading device reports progress each 256 KiB
+        by_cmd = _deployments_by_command(session, {a.cmd_id for a in acks})
+        by_pair = _deployments_by_bundle(session, {(e.device, e.bundle or "") for e, _ in events})
+        for msg in acks:
+            row = by_cmd.get(msg.cmd_id)
+            if row is None or _is_replay_answer(msg):
+                # a "replayed" answer is the device refusing a second copy of a command
+                # it already handled (a QoS 1 redelivery): the first answer stands
+                continue
+            if msg.ok:
+                _advance(row, DeploymentStatus.ACCEPTED, "", now)
+            else:
+                _advance(row, DeploymentStatus.FAILED, msg.detail or msg.result, now)
+        for event, status in events:
+            row = _pick(by_pair.get((event.device, event.bundle or ""), []), event.cmd_id)
+            if row is not None:
+                _advance(row, status, event.reason or "", now)
 
     def after_commit(self, batch: Sequence[Accepted]) -> None:
         for item in batch:
@@ -330,6 +341,48 @@ def _deployment_for(
         if row is not None:
             return row
     return session.scalar(query.order_by(Deployment.created.desc()).limit(1))
+
+
+LOOKUP_CHUNK = 400
+"""Keys per IN list: well under SQLite's limit on bound parameters."""
+
+
+def _deployments_by_command(session: Session, cmd_ids: set[str]) -> dict[str, Deployment]:
+    found: dict[str, Deployment] = {}
+    keys = sorted(cmd_ids)
+    for at in range(0, len(keys), LOOKUP_CHUNK):
+        part = keys[at : at + LOOKUP_CHUNK]
+        for row in session.scalars(select(Deployment).where(Deployment.cmd_id.in_(part))):
+            found[row.cmd_id] = row
+    return found
+
+
+def _deployments_by_bundle(
+    session: Session, pairs: set[tuple[str, str]]
+) -> dict[tuple[str, str], list[Deployment]]:
+    """Every deployment of each (device, bundle digest), newest first."""
+    found: dict[tuple[str, str], list[Deployment]] = {}
+    keys = sorted(pairs)
+    for at in range(0, len(keys), LOOKUP_CHUNK):
+        part = keys[at : at + LOOKUP_CHUNK]
+        query = (
+            select(Deployment)
+            .where(tuple_(Deployment.device, Deployment.bundle).in_(part))
+            .order_by(Deployment.created.desc())
+        )
+        for row in session.scalars(query):
+            found.setdefault((row.device, row.bundle), []).append(row)
+    return found
+
+
+def _pick(rows: Sequence[Deployment], cmd_id: str | None) -> Deployment | None:
+    """The deployment an event is about: the one of its command, else the newest
+    (what `_deployment_for` answers, from rows already read)."""
+    if cmd_id:
+        for row in rows:
+            if row.cmd_id == cmd_id:
+                return row
+    return rows[0] if rows else None
 
 
 def _advance(

@@ -14,11 +14,13 @@ from controller.bundles.repository import UnknownBundle
 from controller.db import Device
 from controller.demo.waiting import wait_until
 from controller.fleet.deployments import UnknownDevice
+from controller.mqtt.records import Accepted
 from controller.mqtt.session import Publisher
 from controller.server import Controller
 from controller.settings import MqttSettings
 from protocol.events import CommandRefusal, EventKind
 from protocol.messages import Ack, Deploy, Event
+from protocol.topics import Channel
 from tests.controller.fake_agents import FakeAgent
 
 
@@ -146,6 +148,33 @@ def test_deployment_status_follows_acks_and_events(controller, agents, make_bund
     assert controller.deployer.get_by_cmd(second).reason == "disk full"
     listed = controller.deployer.list(device="cam-a")
     assert [d.cmd_id for d in listed] == [second, cmd]
+
+
+def test_one_batch_moves_each_deployment_its_messages_name(controller, agents, make_bundle):
+    """The ingest hands the deployer whole batches: every message in one moves the deployment
+    it names (its command's, else the device's newest for that bundle), and nothing else."""
+    for device in ("cam-a", "cam-b"):
+        enrolled(controller, agents(device))
+    bundle = controller.bundles.add_file(make_bundle().path)
+    older = controller.deployer.deploy("cam-a", bundle.digest).cmd_id
+    newer = controller.deployer.deploy("cam-a", bundle.digest).cmd_id
+    other = controller.deployer.deploy("cam-b", bundle.digest).cmd_id
+    digest = bundle.digest
+    messages = [
+        (Channel.EVT, Event(device="cam-a", kind=EventKind.VERIFIED, bundle=digest, cmd_id=older)),
+        (Channel.EVT, Event(device="cam-a", kind=EventKind.DOWNLOADING, bundle=digest)),
+        (Channel.ACK, Ack(device="cam-b", cmd_id=other, ok=True)),
+        (Channel.EVT, Event(device="cam-b", kind=EventKind.INSTALLING, bundle=digest)),
+        (Channel.ACK, Ack(device="cam-b", cmd_id="no-such-command", ok=True)),
+        (Channel.EVT, Event(device="cam-c", kind=EventKind.RUNNING, bundle=digest)),
+        (Channel.EVT, Event(device="cam-a", kind=EventKind.RUNNING, bundle="ab" * 32)),
+    ]
+    batch = [Accepted(m.device, channel, m, 0.0) for channel, m in messages]
+    with controller.sessions() as session, session.begin():
+        controller.deployer.in_transaction(session, batch)
+    assert status_of(controller, older) == "verified"
+    assert status_of(controller, newer) == "downloading"
+    assert status_of(controller, other) == "installing"
 
 
 def test_a_replayed_answer_to_a_redelivered_deploy_changes_nothing(controller, agents, make_bundle):
