@@ -187,11 +187,23 @@ class Journal:
                 return text
         except FileNotFoundError:
             pass
+        # the identity keys the stored position: a crash must not leave a journal without it
         value = uuid.uuid4().hex
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(value + "\n")
+        with tmp.open("w") as out:
+            out.write(value + "\n")
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
+        self._sync_directory()
         return value
+
+    def _sync_directory(self) -> None:
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def segments(self) -> list[int]:
         """Segment numbers on disk, oldest first."""
@@ -317,11 +329,7 @@ class Journal:
             self._segment += 1
         fd = os.open(self._path(self._segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         # the new name must survive a crash before anything in it is acknowledged
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        self._sync_directory()
         self._fd = fd
         self._offset = os.fstat(fd).st_size
 

@@ -1,6 +1,8 @@
 """Two controller replicas (`edgefleet controller run`) on one PostgreSQL behind one shared
 subscription: every message is stored once, and a replica SIGKILLed under load loses nothing
-once it is back (its broker sessions kept what it had not acknowledged)."""
+once it is back (its broker sessions kept what it had not acknowledged, its journal what it
+had). And a controller killed while the database stalled, with messages acknowledged to the
+broker that only its journal held, stores each of them once after a restart."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from controller.db import DetectionRow, make_engine
 from controller.demo.broker import free_port
@@ -72,6 +74,16 @@ class Replica:
             int(float(line.rsplit(" ", 1)[1]))
             for line in body.splitlines()
             if line.startswith('edgefleet_ingest_stored_total{kind="det"}')
+        )
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples on this replica's /metrics."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            body = r.read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in body.splitlines()
+            if line.startswith((name + " ", name + "{"))
         )
 
     def kill(self) -> None:
@@ -161,4 +173,54 @@ def test_two_replicas_store_every_message_once_and_a_killed_one_loses_nothing(
     finally:
         for replica in replicas:
             replica.stop()
+        engine.dispose()
+
+
+def test_messages_only_in_a_killed_controllers_journal_are_stored_after_its_restart(
+    tmp_path, mosquitto, pg_url
+):
+    replica = Replica(0, tmp_path, pg_url, mosquitto.port)
+    engine = make_engine(pg_url)
+    blocker = engine.connect()
+    try:
+        replica.start()
+        stall = blocker.begin()  # the database stalls: the ingest's inserts wait on this lock
+        blocker.execute(text("LOCK TABLE detections IN EXCLUSIVE MODE"))
+        sent: list[str] = []
+        progress = threading.Semaphore(0)
+        threads = [
+            threading.Thread(target=_publish, args=(mosquitto.port, f"journal-{i}", sent, progress))
+            for i in range(3)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert len(sent) == 3 * PER_DEVICE
+
+        def only_journalled() -> bool:
+            return (
+                replica.metric("edgefleet_ingest_received_total") >= len(sent)
+                and replica.metric("edgefleet_ingest_unacked") == 0
+                and replica.metric("edgefleet_ingest_journal_bytes") > 0
+            )
+
+        # the broker holds nothing more for the controller, and the database nothing yet
+        wait_until("every message acknowledged from the journal", only_journalled, 30)
+        replica.kill()
+        stall.rollback()
+
+        def stored() -> int:
+            with engine.connect() as conn:
+                return conn.scalar(select(func.count()).select_from(DetectionRow)) or 0
+
+        assert stored() == 0
+        replica.start()
+        wait_until("every message stored", lambda: stored() == len(sent), 60)
+        with engine.connect() as conn:
+            ids = list(conn.scalars(select(DetectionRow.id)))
+        assert sorted(ids) == sorted(sent)  # none lost, none stored twice
+    finally:
+        blocker.close()
+        replica.stop()
         engine.dispose()
