@@ -160,7 +160,7 @@ def test_one_batch_moves_each_deployment_its_messages_name(controller, agents, m
     newer = controller.deployer.deploy("cam-a", bundle.digest).cmd_id
     other = controller.deployer.deploy("cam-b", bundle.digest).cmd_id
     digest = bundle.digest
-    messages = [
+    messages: list[tuple[Channel, Event | Ack]] = [
         (Channel.EVT, Event(device="cam-a", kind=EventKind.VERIFIED, bundle=digest, cmd_id=older)),
         (Channel.EVT, Event(device="cam-a", kind=EventKind.DOWNLOADING, bundle=digest)),
         (Channel.ACK, Ack(device="cam-b", cmd_id=other, ok=True)),

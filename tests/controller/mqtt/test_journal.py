@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +91,16 @@ def as_record(one: Entry) -> Record:
     return Record(one.topic, one.payload, one.qos, one.at)
 
 
+def ten_records_written(path) -> Path:
+    """A journal folder holding entries 0-9 in one closed segment; that segment's path."""
+    handed = Durable()
+    journal = open_journal(path, handed).start()
+    append_all(journal, handed, [entry(i) for i in range(10)])
+    journal.stop()
+    journal.close()
+    return path / f"{journal.segments()[0]:016d}.seg"
+
+
 def test_a_record_round_trips_and_any_damage_is_refused():
     one = entry(3)
     data = encode(one)
@@ -140,12 +151,7 @@ def test_a_restart_reads_from_the_stored_position_and_appends_to_a_new_segment(t
 
 
 def test_a_torn_tail_ends_its_segment_and_later_segments_are_still_read(tmp_path, caplog):
-    handed = Durable()
-    first = open_journal(tmp_path, handed).start()
-    append_all(first, handed, [entry(i) for i in range(10)])
-    first.stop()
-    first.close()
-    segment = tmp_path / f"{first.segments()[0]:016d}.seg"
+    segment = ten_records_written(tmp_path)
     whole = encode(entry(99))
     with segment.open("ab") as f:
         f.write(whole[: len(whole) // 2])  # a crash in the middle of a write
@@ -163,12 +169,7 @@ def test_a_torn_tail_ends_its_segment_and_later_segments_are_still_read(tmp_path
 
 
 def test_a_damaged_record_ends_its_segment_and_is_not_read(tmp_path):
-    handed = Durable()
-    first = open_journal(tmp_path, handed).start()
-    append_all(first, handed, [entry(i) for i in range(10)])
-    first.stop()
-    first.close()
-    segment = tmp_path / f"{first.segments()[0]:016d}.seg"
+    segment = ten_records_written(tmp_path)
     data = bytearray(segment.read_bytes())
     size = len(encode(entry(0)))
     data[5 * size + 20] ^= 0xFF  # inside the sixth record's body
