@@ -243,7 +243,6 @@ class Ingest(ReceiverEvents):
         self._state = WriteState(HealthSampler(ingest_settings.health_history_s))
         self._partitions_checked = 0.0
         self._journal: Journal | None = None
-        self._journal_opened = False
         self._next_journal_read = 0.0
         if journal_dir is not None and ingest_settings.journal:
             journal = Journal(
