@@ -41,11 +41,16 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         max_packet_size=args.max_packet_size,
     )
     files = BrokerFiles(args.out.resolve())
+    # the controller connects to its own listener: by that listener's address when it binds
+    # one (127.0.0.1 by default), so the server certificate must name that address too
+    wildcard = policy.controller_host in ("0.0.0.0", "::", "")  # noqa: S104 - compared, not bound
+    controller_host = args.hostname[0] if wildcard else policy.controller_host
+    hostnames = list(dict.fromkeys([*args.hostname, controller_host]))
     try:
         fleet = CertificateAuthority.load_or_create(pki / "fleet")
         service = CertificateAuthority.load_or_create(pki / "service")
         # revocations already made: the controller rewrites this CRL at start and on revoke
-        write_broker_files(files, policy, fleet, service, args.hostname, [], now, args.owner)
+        write_broker_files(files, policy, fleet, service, hostnames, [], now, args.owner)
         key, cert = write_identity(
             pki / "controller",
             "controller",
@@ -62,7 +67,7 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         "mosquitto_include": str(conf),
         "controller_settings": {
             "mqtt": {
-                "host": args.hostname[0],
+                "host": controller_host,
                 "port": policy.controller_port,
                 "ca_file": str(files.fleet_ca),
                 "cert_file": str(cert),

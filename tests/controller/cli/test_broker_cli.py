@@ -17,7 +17,9 @@ from controller.demo.broker import MosquittoBroker, free_port
 from tests.security.pki import make_csr
 
 
-def _connects(port: int, ca: str, cert: Path, key: Path, client_id: str) -> bool:
+def _connects(
+    port: int, ca: str, cert: Path, key: Path, client_id: str, host: str = "localhost"
+) -> bool:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
     ctx = ssl.create_default_context(cafile=ca)
     ctx.load_cert_chain(cert, key)
@@ -30,7 +32,7 @@ def _connects(port: int, ca: str, cert: Path, key: Path, client_id: str) -> bool
 
     client.on_connect = on_connect
     try:
-        client.connect("localhost", port, 30)
+        client.connect(host, port, 30)
     except (OSError, ssl.SSLError):
         return False
     client.loop_start()
@@ -67,6 +69,8 @@ def test_broker_config_runs_a_tls_mosquitto_for_devices_and_controller(
     advice = json.loads(capsys.readouterr().out)
     mqtt_settings = advice["controller_settings"]["mqtt"]
     assert mqtt_settings["port"] == controller_port
+    # the controller's listener binds 127.0.0.1 (the default): that is where to reach it
+    assert mqtt_settings["host"] == "127.0.0.1"
 
     fleet = CertificateAuthority.load_or_create(tmp_path / "controller" / "pki" / "fleet")
     key_pem, csr = make_csr("cam-01")
@@ -79,7 +83,8 @@ def test_broker_config_runs_a_tls_mosquitto_for_devices_and_controller(
     with MosquittoBroker(device_port, workdir=tmp_path / "mosquitto", security_config=conf):
         ca = mqtt_settings["ca_file"]
         ctl_cert, ctl_key = Path(mqtt_settings["cert_file"]), Path(mqtt_settings["key_file"])
-        assert _connects(controller_port, ca, ctl_cert, ctl_key, "ctl")
+        host = mqtt_settings["host"]
+        assert _connects(controller_port, ca, ctl_cert, ctl_key, "ctl", host)
         assert _connects(device_port, ca, dev_cert, dev_key, "cam-01")
         # each identity only where it belongs
         assert not _connects(controller_port, ca, dev_cert, dev_key, "cam-01")
