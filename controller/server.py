@@ -43,6 +43,8 @@ from protocol.topics import Topics
 log = logging.getLogger(__name__)
 
 
+CERTIFICATE_CHECK_S = 6 * 3600.0
+"""How often the broker's server certificate is checked for renewal."""
 M_ARENA_MAX = -8
 """glibc's mallopt parameter for the most malloc arenas (malloc.h)."""
 MALLOC_ARENAS = 2
@@ -110,6 +112,9 @@ class Controller:
         self._thread: threading.Thread | None = None
         self._started = False
         self.http_port = settings.http.port
+        self._broker_access: BrokerAccess | None = None
+        self._keeper_stop = threading.Event()
+        self._keeper: threading.Thread | None = None
 
     @property
     def api_url(self) -> str:
@@ -179,6 +184,15 @@ class Controller:
             raise ControllerError(f"the ingest journal in {journal_dir}: {exc}") from exc
         self.ingest = ingest.start()
         self._started = True
+        if self._broker_access is not None:
+            self._keeper_stop.clear()
+            self._keeper = threading.Thread(
+                target=self._keep_broker_certificate,
+                args=(self._broker_access,),
+                name="broker-certificate",
+                daemon=True,
+            )
+            self._keeper.start()
         self.reconciler = Reconciler(self.sessions, self.deployer)
         self.rollouts = RolloutEngine(
             self.sessions, self.reconciler, self.commands, revert_retry_s=s.rollouts.revert_retry_s
@@ -290,6 +304,14 @@ class Controller:
         if sockets:
             self.http_port = int(sockets[0].getsockname()[1])
 
+    def _keep_broker_certificate(self, access: BrokerAccess) -> None:
+        """Renew the broker's server certificate in its renewal window: at start, then every
+        CERTIFICATE_CHECK_S, on every replica that writes the broker's files."""
+        while True:
+            access.renew_server(datetime.now(timezone.utc))
+            if self._keeper_stop.wait(CERTIFICATE_CHECK_S):
+                return
+
     def _enrollment(self) -> EnrollmentService:
         """Device enrollment over the fleet CA; revocations reach the broker when its files
         are ours to write."""
@@ -305,6 +327,8 @@ class Controller:
                 pid_file_reloader(s.broker_pid_file),
                 lambda topic, payload: self.publisher.publish(topic, payload),
             )
+
+            self._broker_access = access
 
             def hook(device: str, serials: list[tuple[int, datetime]]) -> None:
                 access.revoked(device, serials, datetime.now(timezone.utc))
@@ -332,6 +356,10 @@ class Controller:
         if not self._started:
             return
         self._started = False
+        self._keeper_stop.set()
+        if self._keeper is not None:
+            self._keeper.join(10)
+            self._keeper = None
         self.scheduler.stop()
         self.ingest.stop()
         self.chunks.stop()

@@ -29,7 +29,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from controller.auth.ca import CertificateAuthority, write_identity
+from cryptography import x509
+
+from controller.auth.ca import (
+    BACKDATE,
+    CertificateAuthority,
+    IssuedCertificate,
+    needs_renewal,
+    write_identity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +221,36 @@ def write_crl(
     os.replace(tmp, files.crl)
 
 
+def renew_server_certificate(
+    files: BrokerFiles, fleet_ca: CertificateAuthority, now: datetime
+) -> IssuedCertificate | None:
+    """A new key and server certificate, under the same names and for the same lifetime, once
+    the broker's is in its renewal window (the last third of its life); None before that, or
+    when there is no server certificate here. The broker reads them at its next reload.
+
+    Raises OSError, ValueError (a certificate that does not parse), CertificateError."""
+    try:
+        current = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+    except FileNotFoundError:
+        return None
+    issued, expires = current.not_valid_before_utc, current.not_valid_after_utc
+    if not needs_renewal(issued, expires, now):
+        return None
+    try:
+        names = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        names = x509.SubjectAlternativeName([])
+    hosts = [str(ip) for ip in names.get_values_for_type(x509.IPAddress)]
+    hosts = [*names.get_values_for_type(x509.DNSName), *hosts]
+    fresh = fleet_ca.issue_server(hosts, now, valid=expires - issued - BACKDATE)
+    # the key first, then the certificate, each replaced whole: the broker reloads only when
+    # told, after both
+    write_identity(files.directory, "server.next", fresh)
+    os.replace(files.directory / "server.next.key", files.server_key)
+    os.replace(files.directory / "server.next.pem", files.server_cert)
+    return fresh.cert
+
+
 def disconnect_payload(device_id: str) -> bytes:
     """The dynamic-security request that closes every session of `device_id` at once."""
     commands = [
@@ -250,6 +288,28 @@ class BrokerAccess:
         self.fleet_ca = fleet_ca
         self._reload = reload
         self._publish = publish
+
+    def renew_server(self, now: datetime) -> bool:
+        """Renew the broker's server certificate when it is due, and reload the broker;
+        True when it was renewed. Failures are logged: the next check tries again."""
+        try:
+            renewed = renew_server_certificate(self.files, self.fleet_ca, now)
+        except (OSError, ValueError) as exc:
+            log.error(
+                "event=broker_certificate_renewal_failed path=%s error=%r",
+                self.files.server_cert,
+                str(exc),
+            )
+            return False
+        if renewed is None:
+            return False
+        self._reload()
+        log.info(
+            "event=broker_certificate_renewed serial=%x not_after=%s",
+            renewed.serial,
+            renewed.not_after.isoformat(),
+        )
+        return True
 
     def revoked(
         self, device_id: str, all_revoked: Iterable[tuple[int, datetime]], now: datetime

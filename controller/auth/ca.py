@@ -37,6 +37,9 @@ _CURVES = (ec.SECP256R1, ec.SECP384R1)
 # so a long validity costs nothing and a controller left running for months cannot lock the
 # whole fleet out.
 CRL_VALIDITY = timedelta(days=3650)
+BACKDATE = timedelta(minutes=5)
+"""Certificates start this long before they are issued: a peer's clock a little behind still
+accepts them."""
 
 
 class CertificateError(ValueError):
@@ -172,7 +175,7 @@ class CertificateAuthority:
             .issuer_name(subject)
             .public_key(key.public_key())
             .serial_number(_serial())
-            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_before(now - BACKDATE)
             .not_valid_after(now + valid)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
@@ -245,7 +248,7 @@ class CertificateAuthority:
             .issuer_name(self.cert.subject)
             .public_key(key)
             .serial_number(serial if serial is not None else _serial())
-            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_before(now - BACKDATE)
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
