@@ -240,8 +240,8 @@ def renew_server_certificate(
         names = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         names = x509.SubjectAlternativeName([])
-    hosts = [str(ip) for ip in names.get_values_for_type(x509.IPAddress)]
-    hosts = [*names.get_values_for_type(x509.DNSName), *hosts]
+    ips = [str(ip) for ip in names.get_values_for_type(x509.IPAddress)]
+    hosts = [*names.get_values_for_type(x509.DNSName), *ips]
     fresh = fleet_ca.issue_server(hosts, now, valid=expires - issued - BACKDATE)
     # the key first, then the certificate, each replaced whole: the broker reloads only when
     # told, after both

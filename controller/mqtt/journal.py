@@ -160,7 +160,6 @@ class Journal:
         self._pending: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         existing = self.segments()
-        self._first_segment = existing[0] if existing else 1
         # appends always go to a new segment: an old one may end in a torn record
         self._segment = (existing[-1] + 1) if existing else 1
         self._fd = -1
@@ -172,7 +171,7 @@ class Journal:
         self.failures = 0
         self._thread: threading.Thread | None = None
         # the reader (the ingest writer's thread only)
-        self._read_at = Position(self._first_segment, 0)
+        self._read_at = Position(existing[0] if existing else self._segment, 0)
         self._read_fd = -1
         self._read_fd_segment = 0
         self._read_buf = bytearray(READ_CHUNK)
