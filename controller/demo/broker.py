@@ -157,11 +157,23 @@ class MosquittoBroker:
             if self._proc.poll() is not None:
                 err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
                 raise BrokerError(f"mosquitto exited with {self._proc.returncode}: {err.strip()}")
-            if wait_for_port(self.host, self.port, 0.2):
+            if all(wait_for_port(host, port, 0.2) for host, port in self._listeners()):
                 log.info("event=broker_started kind=mosquitto port=%d", self.port)
                 return self
         self.stop()
         raise BrokerError(f"mosquitto did not listen on {self.host}:{self.port} in {timeout}s")
+
+    def _listeners(self) -> list[tuple[str, int]]:
+        """Every listener in the config: mosquitto opens them one after another, and a client
+        of the second (the controller's TLS listener) is refused while only the first listens."""
+        found = []
+        for line in self.config_path.read_text().splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] == "listener" and words[1].isdigit():
+                bound = words[2] if len(words) > 2 else ""
+                host = self.host if bound in ("", "0.0.0.0", "::") else bound  # noqa: S104
+                found.append((host, int(words[1])))
+        return found or [(self.host, self.port)]
 
     def stop(self) -> None:
         """Stop the broker; its persisted state stays for the next start."""
