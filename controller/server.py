@@ -4,6 +4,7 @@ wired together; each part is handed what it uses."""
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -67,6 +68,25 @@ def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_ARENA_MAX, count))
+
+
+GC_THRESHOLDS = (100_000, 50, 100)
+"""The cyclic collector's thresholds in `controller run` (Python's default: 700, 10, 10)."""
+
+
+def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
+    """Keep the cyclic garbage collector off the ingest's hot path.
+
+    Decoding and storing a message allocates a few dozen containers, none of them in a cycle;
+    with the default thresholds that meant a young collection every few dozen messages and,
+    every few thousand, a full one walking every object the process holds (the API, SQLAlchemy
+    and pydantic's schemas, the device caches). At 10,000 devices the ingest writer spent a
+    fifth of its time there (22 % of its samples under a profiler). What exists when this is
+    called (the controller, built) lives as long as the process, so it is frozen out of the
+    collector's walks; collections then run every 100,000 allocations, and full ones rarely.
+    Cycles are still collected."""
+    gc.freeze()
+    gc.set_threshold(*thresholds)
 
 
 class ControllerError(RuntimeError):

@@ -20,7 +20,12 @@ from protocol.logs import configure_logging
 
 def cmd_controller_run(args: argparse.Namespace) -> int:
     try:
-        from controller.server import Controller, ControllerError, limit_malloc_arenas
+        from controller.server import (
+            Controller,
+            ControllerError,
+            limit_malloc_arenas,
+            tune_gc,
+        )
         from controller.settings import load_settings
     except ModuleNotFoundError as exc:
         missing_extra("controller run", "controller", exc)
@@ -34,7 +39,9 @@ def cmd_controller_run(args: argparse.Namespace) -> int:
     configure_logging(logging.INFO, settings.log_format)
     limit_malloc_arenas()  # before the controller starts its threads
     try:
-        Controller(settings).serve_forever()
+        controller = Controller(settings)
+        tune_gc()  # what is built so far lives as long as the process
+        controller.serve_forever()
     except ControllerError as exc:
         print(f"edgefleet: {exc}", file=sys.stderr)
         return EXIT_API_ERROR
