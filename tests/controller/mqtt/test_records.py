@@ -92,7 +92,7 @@ def test_a_value_too_long_for_its_column_is_refused_not_cut(sessions):
     with sessions() as s:
         if s.get_bind().dialect.name != "postgresql":
             pytest.skip("SQLite does not enforce a varchar's length")
-    row = {c.name: None for c in _DETECTIONS.c}
+    row: dict[str, object] = {c.name: None for c in _DETECTIONS.c}
     row.update(
         id="x" * 65, device="cam-a", camera="cam0", event="update", label="face", score=0.5,
         x1=0.0, y1=0.0, x2=1.0, y2=1.0, ts=NOW, model="", runtime="", received=NOW,
