@@ -200,10 +200,12 @@ silently, while storing text into a varchar(n) column refuses it, as a plain INS
 
 
 @functools.lru_cache(maxsize=64)
-def _unnest_insert(table: Table, columns: tuple[str, ...], key: tuple[str, ...]) -> str | None:
-    """`INSERT … SELECT FROM unnest(one array per column)` for PostgreSQL, or None when a
-    column's type has no plain array form here."""
-    casts = []
+def _unnest_insert(
+    table: Table, columns: tuple[str, ...], key: tuple[str, ...]
+) -> tuple[str, tuple[Any, ...]] | None:
+    """`INSERT … SELECT FROM unnest(one array per column)` for PostgreSQL and each column's
+    value maker, or None when a column's type has no plain array form here."""
+    casts, makers = [], []
     for name in columns:
         try:
             kind = table.c[name].type.python_type
@@ -211,12 +213,15 @@ def _unnest_insert(table: Table, columns: tuple[str, ...], key: tuple[str, ...])
             return None
         if kind not in _ARRAY_TYPES:
             return None
-        casts.append(f"%s::{_ARRAY_TYPES[kind][1]}[]")
-    return (
+        make, array_type = _ARRAY_TYPES[kind]
+        casts.append(f"%s::{array_type}[]")
+        makers.append(make)
+    sql = (
         f"INSERT INTO {table.name} ({', '.join(columns)}) "  # noqa: S608 - names from our models
         f"SELECT * FROM unnest({', '.join(casts)}) "
         f"ON CONFLICT ({', '.join(key)}) DO NOTHING"
     )
+    return sql, tuple(makers)
 
 
 def _insert_ignoring_duplicates(
@@ -232,13 +237,14 @@ def _insert_ignoring_duplicates(
     columns = list(rows[0])
     dialect = session.get_bind().dialect
     if dialect.name == "postgresql":
-        sql = _unnest_insert(table, tuple(columns), tuple(key))
-        if sql is not None:
-            arrays = []
-            for name in columns:
-                make = _ARRAY_TYPES[table.c[name].type.python_type][0]
-                arrays.append([None if r[name] is None else make(r[name]) for r in rows])
-            session.connection().exec_driver_sql(sql, tuple(arrays))
+        unnest = _unnest_insert(table, tuple(columns), tuple(key))
+        if unnest is not None:
+            sql, makers = unnest
+            arrays = tuple(
+                [None if r[name] is None else make(r[name]) for r in rows]
+                for name, make in zip(columns, makers, strict=True)
+            )
+            session.connection().exec_driver_sql(sql, arrays)
             return
     mark = "?" if dialect.paramstyle == "qmark" else "%s"
     sql = (
