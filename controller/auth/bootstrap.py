@@ -17,6 +17,8 @@ from controller.auth.users import Role, UserError, create_user, user_count
 
 _NAME = "bootstrap"
 BOOTSTRAP_TTL_S = 24 * 3600.0
+# a secret typed after `--secret` must not start with "-", or the command line reads it as an option
+BOOTSTRAP_PREFIX = "efb_"
 
 
 def _sha256(secret: str) -> str:
@@ -31,7 +33,7 @@ def make_bootstrap_secret(sessions: sessionmaker[Session]) -> str | None:
             db.execute(delete(AuthSecret).where(AuthSecret.name == _NAME))
             db.commit()
             return None
-        secret = secrets.token_urlsafe(24)
+        secret = BOOTSTRAP_PREFIX + secrets.token_urlsafe(24)
         db.execute(delete(AuthSecret).where(AuthSecret.name == _NAME))
         db.add(AuthSecret(name=_NAME, value=_sha256(secret), created=time.time()))
         try:
