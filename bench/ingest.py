@@ -23,6 +23,7 @@ when something was lost.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import resource
@@ -53,7 +54,9 @@ from protocol.topics import DEFAULT_PREFIX, Topics
 class Replica:
     """One `edgefleet controller run` subprocess."""
 
-    def __init__(self, index: int, workdir: Path, db_url: str, broker_port: int, group: str):
+    def __init__(
+        self, index: int, workdir: Path, db_url: str, broker_port: int, group: str, workers: int
+    ):
         self.index = index
         self.port = free_port()
         self.log_path = workdir / f"controller-{index}.log"
@@ -64,6 +67,7 @@ class Replica:
             "EDGEFLEET_MQTT__PORT": str(broker_port),
             "EDGEFLEET_MQTT__CLIENT_ID": f"bench-controller-{index}",
             "EDGEFLEET_HTTP__PORT": str(self.port),
+            "EDGEFLEET_INGEST__WORKERS": str(workers),
         }
         if group:
             self.env["EDGEFLEET_MQTT__SHARE_GROUP"] = group
@@ -95,22 +99,35 @@ class Replica:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def rss_mb(self) -> float:
+    def _pids(self) -> list[int]:
+        """The controller and its ingest worker processes."""
         if self.proc is None or self.proc.poll() is not None:
-            return 0.0
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) / 1024
-                self.peak_rss_mb = max(self.peak_rss_mb, rss)
-                return rss
-        return 0.0
+            return []
+        return [self.proc.pid, *children(self.proc.pid)]
+
+    def rss_mb(self) -> float:
+        """Resident memory of the controller and its workers together."""
+        rss = 0.0
+        for pid in self._pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        rss += int(line.split()[1]) / 1024
+        self.peak_rss_mb = max(self.peak_rss_mb, rss)
+        return rss
 
     def cpu_s(self) -> float:
-        """User + system CPU seconds of the process so far (0 once it is gone)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return 0.0
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU seconds so far of the controller, its workers and the workers
+        that exited (0 once the controller is gone)."""
+        ticks = 0
+        pids = self._pids()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
+                if pid == pids[0]:
+                    ticks += int(fields[13]) + int(fields[14])  # children it waited for
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:
@@ -133,6 +150,19 @@ class Replica:
     def errors(self) -> int:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return sum(1 for line in text.splitlines() if "level=ERROR " in line or "Traceback" in line)
+
+
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
 
 
 def latency_histogram(metrics: str) -> dict[float, float]:
@@ -211,6 +241,9 @@ def main() -> int:
     parser.add_argument("--procs", type=int, default=0, help="load processes; 0: 1 per 5,000")
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--kill-one", action="store_true", help="SIGKILL replica 1 mid-run")
+    parser.add_argument(
+        "--ingest-workers", type=int, default=0, help="ingest worker processes per controller"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument(
         "--broker-config", default="", help="extra mosquitto.conf lines (';' between lines)"
@@ -248,7 +281,10 @@ def main() -> int:
         for i in range(procs)
     ]
     group = "bench-ingest" if args.replicas > 1 else ""
-    replicas = [Replica(i, workdir, db_url, broker.port, group) for i in range(args.replicas)]
+    replicas = [
+        Replica(i, workdir, db_url, broker.port, group, args.ingest_workers)
+        for i in range(args.replicas)
+    ]
     try:
         started = time.monotonic()
         for proc in fleet:
@@ -354,6 +390,7 @@ def main() -> int:
             f"health_sent={total.health_sent}",
             f"health_stored={health}",
             f"database={args.database}",
+            f"ingest_workers={args.ingest_workers}",
         ]
         if args.replicas > 1:
             fields += [f"replicas={args.replicas}", f"stored_twice={twice}", f"killed={killed}"]

@@ -3,8 +3,6 @@ wired together; each part is handed what it uses."""
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import logging
 import os
 import signal
@@ -31,64 +29,22 @@ from controller.db import make_engine, session_factory, upgrade_database
 from controller.fleet.deployments import DeploymentService
 from controller.fleet.snapshots import SnapshotRequests, SnapshotStore
 from controller.mqtt.commands import CommandSender
-from controller.mqtt.ingest import Ingest, IngestStats
+from controller.mqtt.ingest import BULK_CHANNELS, Ingest, IngestStats
 from controller.mqtt.journal import JournalBusy
 from controller.mqtt.retention import apply_retention
 from controller.mqtt.session import Publisher
+from controller.mqtt.workers import IngestWorkers, WorkerConfig, retired_workers
 from controller.rollouts.desired import Reconciler
 from controller.rollouts.engine import RolloutEngine
 from controller.rollouts.scheduler import RolloutScheduler
 from controller.settings import ControllerSettings
-from protocol.topics import Topics
+from protocol.topics import AGENT_CHANNELS, Topics
 
 log = logging.getLogger(__name__)
 
 
 CERTIFICATE_CHECK_S = 6 * 3600.0
 """How often the broker's server certificate is checked for renewal."""
-M_ARENA_MAX = -8
-"""glibc's mallopt parameter for the most malloc arenas (malloc.h)."""
-MALLOC_ARENAS = 2
-
-
-def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> bool:
-    """Cap glibc's malloc arenas for the threads this process will start; False when not done.
-
-    glibc gives threads arenas of their own (up to 8 per core). The ingest's threads (receiver,
-    journal, writer) free in one what they allocate in another, and the arenas fragment: at
-    10,000 devices the controller grew 35 % in ten minutes with the default, 2 % with two
-    arenas. `MALLOC_ARENA_MAX` in the environment, when set, wins; on a C library without
-    `mallopt` (musl, macOS) nothing changes."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_ARENA_MAX, count))
-
-
-GC_THRESHOLDS = (10_000, 10, 10)
-"""The cyclic collector's thresholds in `controller run` (Python's default: 700, 10, 10)."""
-
-
-def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
-    """Keep the cyclic garbage collector off the ingest's hot path.
-
-    Decoding and storing a message allocates a few dozen containers, none of them in a cycle;
-    with the default thresholds that meant a young collection every few dozen messages and,
-    every few thousand, a full one walking every object the process holds (the API, SQLAlchemy
-    and pydantic's schemas, the device caches). At 10,000 devices the ingest writer spent a
-    fifth of its time there (22 % of its samples under a profiler). What exists when this is
-    called (the controller, built) lives as long as the process, so it is frozen out of the
-    collector's walks, and young collections run every 10,000 allocations. Older generations
-    keep the default ratios (ten collections of the one below): with (100000, 50, 100) full
-    collections almost never ran, and a 10-minute run at 10,000 devices grew 54 % where with
-    these it grew 7 %."""
-    gc.freeze()
-    gc.set_threshold(*thresholds)
 
 
 class ControllerError(RuntimeError):
@@ -137,6 +93,11 @@ class Controller:
         self._broker_access: BrokerAccess | None = None
         self._keeper_stop = threading.Event()
         self._keeper: threading.Thread | None = None
+        self.workers: IngestWorkers | None = None
+
+    def _mqtt_ready(self) -> bool:
+        workers = self.workers
+        return self.ingest.ready and self.publisher.ready and (workers is None or workers.ready)
 
     @property
     def api_url(self) -> str:
@@ -190,6 +151,9 @@ class Controller:
             transfer_tokens=self.transfer_tokens,
         )
         journal_dir = s.data_dir / "ingest-journal"
+        # with worker processes, they take the bulk channels and this process the rest
+        workers = s.ingest.worker_count()
+        channels = AGENT_CHANNELS - BULK_CHANNELS if workers else AGENT_CHANNELS
         try:
             ingest = Ingest(
                 s.mqtt,
@@ -198,6 +162,7 @@ class Controller:
                 hooks=[self.deployer],
                 stats=self.stats,
                 journal_dir=journal_dir,
+                channels=channels,
             )
         except (JournalBusy, OSError) as exc:
             self.chunks.stop()
@@ -205,6 +170,10 @@ class Controller:
             self.engine.dispose()
             raise ControllerError(f"the ingest journal in {journal_dir}: {exc}") from exc
         self.ingest = ingest.start()
+        if workers or retired_workers(s.data_dir, workers):
+            config = WorkerConfig(s.mqtt, s.ingest, url, s.data_dir, s.log_format)
+            self.workers = IngestWorkers(config, workers).start()
+            self.stats.peers = self.workers.snapshots
         self._started = True
         if self._broker_access is not None:
             self._keeper_stop.clear()
@@ -242,7 +211,7 @@ class Controller:
                 publisher=self.publisher,
                 chunks=self.chunks,
                 max_upload_bytes=s.max_bundle_bytes,
-                mqtt_ready=lambda: self.ingest.ready and self.publisher.ready,
+                mqtt_ready=self._mqtt_ready,
                 trust_path=s.resolved_trust_path(),
                 snapshot_requests=SnapshotRequests(
                     snapshots, self.sessions, self.commands, public_url, self.transfer_tokens
@@ -265,7 +234,13 @@ class Controller:
             # the leader (one replica; always this one on SQLite) ticks rollouts and retention
             self.scheduler.start()
         deadline = time.monotonic() + timeout
-        for name, part in (("ingest", self.ingest), ("publisher", self.publisher)):
+        parts: list[tuple[str, Ingest | Publisher | IngestWorkers]] = [
+            ("ingest", self.ingest),
+            ("publisher", self.publisher),
+        ]
+        if self.workers is not None:
+            parts.append(("ingest_workers", self.workers))
+        for name, part in parts:
             if not part.wait_ready(max(0.0, deadline - time.monotonic())):
                 log.warning(
                     "event=mqtt_not_ready part=%s broker=%s:%d retrying=background",
@@ -383,6 +358,9 @@ class Controller:
             self._keeper.join(10)
             self._keeper = None
         self.scheduler.stop()
+        if self.workers is not None:
+            self.workers.stop()
+            self.workers = None
         self.ingest.stop()
         self.chunks.stop()
         self.publisher.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -93,6 +94,10 @@ class EnrollmentSettings(BaseModel):
     )
 
 
+MAX_AUTO_WORKERS = 4
+"""Most ingest worker processes started when `ingest.workers` is unset."""
+
+
 class IngestSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -114,6 +119,17 @@ class IngestSettings(BaseModel):
         description="MQTT sessions the ingest opens in one shared-subscription group; each "
         "brings the broker's window of unacknowledged messages again; more than one needs a "
         "broker with shared subscriptions (1: a plain subscription, e.g. for RabbitMQ 3.x)",
+    )
+    workers: int | None = Field(
+        None,
+        ge=0,
+        le=32,
+        description="ingest processes beside the controller's own (controller.mqtt.workers): "
+        "they take detections and health, each with its own MQTT sessions in the share group, "
+        "its own journal (data_dir/ingest-journal-wN) and its own database connections, so "
+        "the ingest is not bound to one core; 0: the controller's process takes everything; "
+        f"unset: one per CPU core up to {MAX_AUTO_WORKERS}, none on one core or with "
+        "`sessions = 1` (a broker without shared subscriptions)",
     )
     max_payload_bytes: int = Field(
         64 * 1024,
@@ -163,6 +179,17 @@ class IngestSettings(BaseModel):
     partition_days_ahead: int = Field(
         7, ge=1, le=90, description="PostgreSQL: daily detection partitions created ahead"
     )
+
+    def worker_count(self, cpus: int | None = None) -> int:
+        """How many ingest worker processes run: `workers`, or when unset one per CPU core
+        (`cpus`, default os.cpu_count()) up to MAX_AUTO_WORKERS; none on a single core, or
+        with a single session, which marks a broker without shared subscriptions."""
+        if self.workers is not None:
+            return self.workers
+        cpus = (os.cpu_count() or 1) if cpus is None else cpus
+        if cpus < 2 or self.sessions == 1:
+            return 0
+        return min(cpus, MAX_AUTO_WORKERS)
 
 
 class HttpSettings(BaseModel):
@@ -344,6 +371,21 @@ class ControllerSettings(BaseSettings):
         description="log lines as `ts=… level=… logger=… message` text or one JSON object each, "
         "third-party libraries' lines included (env EDGEFLEET_LOG_FORMAT)",
     )
+
+    @model_validator(mode="after")
+    def _workers_share(self) -> ControllerSettings:
+        # each worker subscribes the same channels: without a share group every one of them
+        # would store every message
+        if (
+            self.ingest.worker_count() > 1
+            and self.ingest.sessions == 1
+            and not self.mqtt.share_group
+        ):
+            raise ValueError(
+                "workers_need_share_group: several ingest workers need a shared subscription; "
+                "set ingest.sessions above 1 or mqtt.share_group (or ingest.workers to 0 or 1)"
+            )
+        return self
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file inside data_dir."""

@@ -15,6 +15,16 @@ from controller.demo.broker import MosquittoBroker
 PG_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+@pytest.fixture(autouse=True)
+def _no_automatic_ingest_workers(monkeypatch) -> None:
+    """Controllers started inside a test take every channel in their own process unless the
+    test asks for workers (`ingest.workers`): hundreds of controllers start in the suite, and
+    two interpreters more for each would double its time. Worker processes are tested on
+    their own (tests/controller/mqtt/test_workers.py), and every `edgefleet controller run`
+    a test starts as a process keeps the automatic count."""
+    monkeypatch.setattr("controller.settings.MAX_AUTO_WORKERS", 0)
+
+
 @pytest.fixture
 def mosquitto(tmp_path) -> Iterator[MosquittoBroker]:
     """A mosquitto of this test's own, on a free port, stoppable and restartable."""

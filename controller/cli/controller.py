@@ -20,13 +20,9 @@ from protocol.logs import configure_logging
 
 def cmd_controller_run(args: argparse.Namespace) -> int:
     try:
-        from controller.server import (
-            Controller,
-            ControllerError,
-            limit_malloc_arenas,
-            tune_gc,
-        )
+        from controller.server import Controller, ControllerError
         from controller.settings import load_settings
+        from controller.tuning import limit_malloc_arenas, tune_gc
     except ModuleNotFoundError as exc:
         missing_extra("controller run", "controller", exc)
 

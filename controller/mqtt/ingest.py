@@ -57,7 +57,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -81,11 +81,14 @@ from controller.mqtt.retention import ensure_partitions
 from controller.settings import IngestSettings, MqttSettings
 from protocol.codec import decode_agent_message
 from protocol.errors import ProtocolError
-from protocol.topics import AGENT_CHANNELS, Topics
+from protocol.topics import AGENT_CHANNELS, Channel, Topics
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SHARE_GROUP = "edgefleet-ingest"
+BULK_CHANNELS = frozenset({Channel.DET, Channel.HEALTH})
+"""What ingest worker processes take (controller.mqtt.workers): nearly all of the traffic, and
+none of it for the controller's hooks, which see events and acks only."""
 PARTITION_CHECK_S = 3600.0
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0)
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_./+:#$-]{1,200}$")
@@ -139,6 +142,8 @@ class IngestStats:
     journal_failures: Callable[[], int] = lambda: 0
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
     latency_sum_s: float = 0.0
+    peers: Callable[[], Sequence[dict[str, Any]]] = lambda: ()
+    """Snapshots of the ingest worker processes, folded into this one's."""
     _received: dict[int, int] = field(default_factory=dict, repr=False)
     _received_qos1: dict[int, int] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -184,6 +189,10 @@ class IngestStats:
             self.commit_failures += 1
 
     def snapshot(self) -> dict[str, Any]:
+        """This process's counters, plus its worker processes' (merge_snapshots)."""
+        return merge_snapshots([self.own_snapshot(), *self.peers()])
+
+    def own_snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {
                 "received": sum(self._received.copy().values()),
@@ -202,6 +211,42 @@ class IngestStats:
                 ),
                 "latency_sum_s": self.latency_sum_s,
             }
+
+
+_SUMMED = (
+    "received",
+    "batches",
+    "commit_failures",
+    "queued",
+    "journal_bytes",
+    "journal_failures",
+    "unacked",
+    "latency_sum_s",
+)
+
+
+def merge_snapshots(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One snapshot for several ingests (a controller and its worker processes): counts and
+    gauges of backlog add up, the latency buckets add up, and the slowest commit and the
+    longest lag stand for all."""
+    first, *others = snapshots
+    if not others:
+        return first
+    merged = dict(first)
+    stored: Counter[str] = Counter(first["stored"])
+    rejected: Counter[str] = Counter(first["rejected"])
+    buckets: Counter[float] = Counter(first["latency_buckets"])
+    for snap in others:
+        for key in _SUMMED:
+            merged[key] += snap[key]
+        for key in ("last_commit_ms", "lag_s"):
+            merged[key] = max(merged[key], snap[key])
+        stored.update(snap["stored"])
+        rejected.update(snap["rejected"])
+        buckets.update(snap["latency_buckets"])
+    merged["stored"], merged["rejected"] = dict(stored), dict(rejected)
+    merged["latency_buckets"] = {bound: buckets[bound] for bound in first["latency_buckets"]}
+    return merged
 
 
 _TRANSIENT = (OperationalError, PoolTimeout)
@@ -223,9 +268,16 @@ class Ingest(ReceiverEvents):
         stats: IngestStats | None = None,
         clock: Callable[[], float] = time.time,
         journal_dir: Path | None = None,
+        channels: Collection[Channel] = AGENT_CHANNELS,
+        retiring: bool = False,
     ) -> None:
         self.mqtt_settings = mqtt_settings
         self.settings = ingest_settings
+        self.channels = frozenset(channels)
+        # retiring: the sessions take what the broker kept for them and subscribe nothing
+        self.retiring = retiring
+        if not self.channels or not self.channels <= AGENT_CHANNELS:
+            raise ValueError(f"an ingest takes some agent channels, not {sorted(self.channels)}")
         self.topics = Topics(mqtt_settings.topic_prefix)
         self.sessions = sessions
         self.hooks = list(hooks)
@@ -271,12 +323,14 @@ class Ingest(ReceiverEvents):
             return self.mqtt_settings.share_group
         return DEFAULT_SHARE_GROUP if self.settings.sessions > 1 else ""
 
-    def _filters(self, group: str) -> list[str]:
+    def _filters(self, group: str, channels: Collection[Channel] | None = None) -> list[str]:
         head = f"$share/{group}/" if group else ""
-        channels = sorted(AGENT_CHANNELS, key=lambda c: c.value)
-        return [head + self.topics.device_filter(ch) for ch in channels]
+        ours = sorted(self.channels if channels is None else channels, key=lambda c: c.value)
+        return [head + self.topics.device_filter(ch) for ch in ours]
 
     def subscriptions(self) -> list[tuple[str, int]]:
+        if self.retiring:
+            return []
         return [(f, 1) for f in self._filters(self.share_group)]
 
     def connected(self, index: int, session_present: bool) -> Subscription:
@@ -287,11 +341,16 @@ class Ingest(ReceiverEvents):
             kv(self.share_group or "-"),
         )
         stale: list[str] = []
-        if session_present:
-            # a persistent session remembers the other form of subscription from an earlier
-            # configuration: it would deliver every message a second time
+        if session_present or self.retiring:
+            # a persistent session remembers what an earlier configuration subscribed: the
+            # other form (it would deliver every message a second time), or channels that
+            # worker processes take now (they would share them with this session)
             other = DEFAULT_SHARE_GROUP if not self.share_group else ""
-            stale = [f for f in self._filters(other) if f not in self._filters(self.share_group)]
+            wanted = [f for f, _ in self.subscriptions()]
+            remembered = self._filters(other, AGENT_CHANNELS) + self._filters(
+                self.share_group, AGENT_CHANNELS
+            )
+            stale = [f for f in remembered if f not in wanted]
         return Subscription(stale, self.subscriptions())
 
     def subscribed(self, index: int, granted: list[int]) -> None:

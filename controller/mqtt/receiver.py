@@ -359,7 +359,10 @@ class Receiver:
         plan = self.events.connected(index, present)
         if plan.unsubscribe:
             session.write(unsubscribe_packet(self._next_pid(index), plan.unsubscribe))
-        session.write(subscribe_packet(self._next_pid(index), plan.subscribe))
+        if plan.subscribe:
+            session.write(subscribe_packet(self._next_pid(index), plan.subscribe))
+        else:  # a SUBSCRIBE names at least one filter: nothing to wait for
+            self.events.subscribed(index, [])
         return await self._ping_until_closed(session)
 
     async def _ping_until_closed(self, session: _Session) -> str:

@@ -8,7 +8,7 @@ import sys
 
 CHECK = """
 import gc, weakref
-from controller.server import GC_THRESHOLDS, tune_gc
+from controller.tuning import GC_THRESHOLDS, tune_gc
 
 class Node:
     pass

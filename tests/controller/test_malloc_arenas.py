@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-CHECK = "from controller.server import limit_malloc_arenas; print(limit_malloc_arenas())"
+CHECK = "from controller.tuning import limit_malloc_arenas; print(limit_malloc_arenas())"
 
 
 def run_check(**env: str) -> str:

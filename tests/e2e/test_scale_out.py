@@ -54,8 +54,13 @@ class Replica:
     def start(self) -> None:
         exe = Path(sys.executable).parent / "edgefleet"
         with self.log.open("ab") as out:
+            # a process group of its own: kill() takes its ingest workers down with it
             self.proc = subprocess.Popen(
-                [str(exe), "controller", "run"], env=self.env, stdout=out, stderr=out
+                [str(exe), "controller", "run"],
+                env=self.env,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
             )
         wait_until(f"replica {self.index} ready", self.ready, 60)
 
@@ -87,8 +92,11 @@ class Replica:
         )
 
     def kill(self) -> None:
+        """SIGKILL the controller and its ingest workers at once, as a crash of the host or
+        the OOM killer of its service would (the controller alone killed, its workers store
+        what they hold and stop: a gentler case)."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
+        os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
 
     def stop(self) -> None:
