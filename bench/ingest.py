@@ -15,9 +15,9 @@ Two phases on the same connected fleet:
 lost = detection batches the broker acknowledged to a device and that never reached the
 database; p99 = device send time (the message's `ts`) to commit, from the controllers'
 `edgefleet_ingest_latency_seconds` histogram; ratio = ingest msg/s over raw-drain msg/s.
-`--kill-one` SIGKILLs replica 1 halfway through and starts it again 5 s later (same client
-ids: its broker sessions hold what it had not acknowledged). Prints one RESULT line; exits 1
-when something was lost.
+`--kill-one` SIGKILLs replica 1 and its ingest workers halfway through and starts it again
+5 s later (same client ids: its broker sessions hold what it had not acknowledged). Prints one
+RESULT line; exits 1 when something was lost.
 """
 
 from __future__ import annotations
@@ -67,8 +67,9 @@ class Replica:
             "EDGEFLEET_MQTT__PORT": str(broker_port),
             "EDGEFLEET_MQTT__CLIENT_ID": f"bench-controller-{index}",
             "EDGEFLEET_HTTP__PORT": str(self.port),
-            "EDGEFLEET_INGEST__WORKERS": str(workers),
         }
+        if workers >= 0:
+            self.env["EDGEFLEET_INGEST__WORKERS"] = str(workers)
         if group:
             self.env["EDGEFLEET_MQTT__SHARE_GROUP"] = group
         self.proc: subprocess.Popen[bytes] | None = None
@@ -77,8 +78,13 @@ class Replica:
     def start(self) -> None:
         exe = Path(sys.executable).parent / "edgefleet"
         with self.log_path.open("ab") as out:
+            # a process group of its own: kill() takes its ingest workers down with it
             self.proc = subprocess.Popen(
-                [str(exe), "controller", "run"], env=self.env, stdout=out, stderr=out
+                [str(exe), "controller", "run"],
+                env=self.env,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
             )
 
     def wait_ready(self, timeout: float) -> None:
@@ -134,8 +140,10 @@ class Replica:
             return resp.read().decode()
 
     def kill(self) -> None:
+        """SIGKILL the controller and its ingest workers at once (a crash of the whole
+        service, not only of its main process)."""
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
     def stop(self) -> None:
@@ -242,7 +250,10 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--kill-one", action="store_true", help="SIGKILL replica 1 mid-run")
     parser.add_argument(
-        "--ingest-workers", type=int, default=0, help="ingest worker processes per controller"
+        "--ingest-workers",
+        type=int,
+        default=-1,
+        help="ingest worker processes per controller; -1: the controller's default",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument(
@@ -373,6 +384,7 @@ def main() -> int:
         rss = max(r.peak_rss_mb for r in replicas)
         lost = max(0, total.det_acked - det)
         ingest_rate = (det_at_end + health_at_end) / window
+        workers_text = "auto" if args.ingest_workers < 0 else str(args.ingest_workers)
         fields = [
             f"devices={connected}",
             f"sent={total.det_acked}",
@@ -390,7 +402,7 @@ def main() -> int:
             f"health_sent={total.health_sent}",
             f"health_stored={health}",
             f"database={args.database}",
-            f"ingest_workers={args.ingest_workers}",
+            f"ingest_workers={workers_text}",
         ]
         if args.replicas > 1:
             fields += [f"replicas={args.replicas}", f"stored_twice={twice}", f"killed={killed}"]

@@ -46,6 +46,10 @@ writer thread, never on the network thread, which only size-checks and hands the
 journal (or the writer's queue). Backpressure: past the journal's limit QoS 1 waits in the
 broker's queue for our sessions again, and QoS 0 health past `max_queued` is shed here,
 counted as `overload`.
+
+One process holds the interpreter lock for all of that; with `ingest.workers` the bulk
+channels (BULK_CHANNELS) go to worker processes, each running an Ingest of its own
+(controller.mqtt.workers), and the controller's Ingest takes the other channels.
 """
 
 from __future__ import annotations

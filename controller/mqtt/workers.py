@@ -416,7 +416,6 @@ def run_worker(config: dict[str, Any]) -> int:
     if retiring and not stop.is_set() and ingest.stats.own_snapshot()["journal_bytes"] == 0:
         # everything it held is stored, and its sessions subscribe nothing any more
         shutil.rmtree(journal, ignore_errors=True)
-        log.info("event=ingest_worker_retired index=%d", index)
         return 0
     log.info("event=ingest_worker_stopped index=%d", index)
     return 0 if not retiring else RETIRE_UNFINISHED
@@ -433,4 +432,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run as the module of its real name, so its log lines name it (not __main__)
+    from controller.mqtt.workers import main as worker_main
+
+    sys.exit(worker_main())
