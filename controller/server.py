@@ -171,7 +171,14 @@ class Controller:
             raise ControllerError(f"the ingest journal in {journal_dir}: {exc}") from exc
         self.ingest = ingest.start()
         if workers or retired_workers(s.data_dir, workers):
-            config = WorkerConfig(s.mqtt, s.ingest, url, s.data_dir, s.log_format)
+            config = WorkerConfig(
+                s.mqtt,
+                s.ingest,
+                url,
+                s.data_dir,
+                s.log_format,
+                logging.getLogger().getEffectiveLevel(),
+            )
             self.workers = IngestWorkers(config, workers).start()
             self.stats.peers = self.workers.snapshots
         self._started = True

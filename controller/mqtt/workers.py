@@ -88,6 +88,8 @@ class WorkerConfig:
     database_url: str
     data_dir: Path
     log_format: str = "text"
+    log_level: int = logging.INFO
+    """The controller's own (its root logger's), so workers say as much as it does."""
 
     def for_worker(self, index: int, retiring: bool = False) -> str:
         mqtt = self.mqtt.model_copy(
@@ -103,6 +105,7 @@ class WorkerConfig:
                 "database_url": self.database_url,
                 "data_dir": str(self.data_dir),
                 "log_format": self.log_format,
+                "log_level": self.log_level,
             }
         )
 
@@ -363,7 +366,7 @@ def run_worker(config: dict[str, Any]) -> int:
     from controller.tuning import limit_malloc_arenas, tune_gc
     from protocol.logs import configure_logging
 
-    configure_logging(logging.INFO, config.get("log_format", "text"))
+    configure_logging(int(config.get("log_level", logging.INFO)), config.get("log_format", "text"))
     limit_malloc_arenas()
     index = int(config["index"])
     stop = threading.Event()
