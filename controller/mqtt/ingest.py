@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import re
 import threading
@@ -90,6 +91,11 @@ from protocol.topics import AGENT_CHANNELS, Channel, Topics
 log = logging.getLogger(__name__)
 
 DEFAULT_SHARE_GROUP = "edgefleet-ingest"
+SESSIONS_FILE = "sessions-used"
+"""In the journal's folder: how many sessions this ingest has opened, at most, and not retired."""
+RETIRED_IDLE_S = 10.0
+"""Sessions above a lowered `ingest.sessions` are forgotten once connected, unsubscribed and
+quiet this long: what the broker had queued for them comes right after they connect."""
 BULK_CHANNELS = frozenset({Channel.DET, Channel.HEALTH})
 """What ingest worker processes take (controller.mqtt.workers): nearly all of the traffic, and
 none of it for the controller's hooks, which see events and acks only."""
@@ -162,6 +168,10 @@ class IngestStats:
         self._received[session] = self._received.get(session, 0) + 1
         if qos:
             self._received_qos1[session] = self._received_qos1.get(session, 0) + 1
+
+    def session_received(self, session: int) -> tuple[int, int]:
+        """Messages one session received so far: all, and those at QoS 1."""
+        return self._received.get(session, 0), self._received_qos1.get(session, 0)
 
     def count_rejected(self, code: str, n: int = 1) -> None:
         with self._lock:
@@ -312,10 +322,25 @@ class Ingest(ReceiverEvents):
             self.stats.journal_bytes = journal.backlog_bytes
             self.stats.journal_failures = lambda: journal.failures
         count = ingest_settings.sessions
+        # Sessions an earlier, larger `sessions` opened stay in the broker's share group, which
+        # goes on queueing a share for them: they connect once more, take what was queued,
+        # subscribe nothing, and are forgotten once quiet (_forget_retired_sessions).
+        self._sessions_file = journal_dir / SESSIONS_FILE if journal_dir is not None else None
+        used = _read_sessions_used(self._sessions_file)
+        total = max(count, used)
+        if self._sessions_file is not None and total != used:
+            _write_sessions_used(self._sessions_file, total)
+        self._retired_sessions = frozenset(range(count, total))
+        self._retired_pending = set(self._retired_sessions)
+        self._retired_acked: Counter[int] = Counter()
+        self._retired_seen: tuple[tuple[int, int], ...] = ()
+        self._retired_since = 0.0
+        if self._retired_sessions:
+            log.info("event=ingest_sessions_retiring count=%d", len(self._retired_sessions))
         base = mqtt_settings.client_id
         # session 0 keeps the plain client id, so a single-session ingest resumes the broker
         # session that earlier versions left
-        ids = [base] + [f"{base}-{i}" for i in range(1, count)]
+        ids = [base] + [f"{base}-{i}" for i in range(1, total)]
         self._receiver = Receiver(mqtt_settings, ids, self)
 
     # -- MQTT side (the receiver's loop thread) --
@@ -345,17 +370,18 @@ class Ingest(ReceiverEvents):
             kv(self.share_group or "-"),
         )
         stale: list[str] = []
-        if session_present or self.retiring:
+        retired = self.retiring or index in self._retired_sessions
+        if session_present or retired:
             # a persistent session remembers what an earlier configuration subscribed: the
             # other form (it would deliver every message a second time), or channels that
             # worker processes take now (they would share them with this session)
             other = DEFAULT_SHARE_GROUP if not self.share_group else ""
-            wanted = [f for f, _ in self.subscriptions()]
+            wanted = [] if retired else [f for f, _ in self.subscriptions()]
             remembered = self._filters(other, AGENT_CHANNELS) + self._filters(
                 self.share_group, AGENT_CHANNELS
             )
             stale = [f for f in remembered if f not in wanted]
-        return Subscription(stale, self.subscriptions())
+        return Subscription(stale, [] if retired else self.subscriptions())
 
     def subscribed(self, index: int, granted: list[int]) -> None:
         if any(code >= 0x80 for code in granted):
@@ -410,6 +436,7 @@ class Ingest(ReceiverEvents):
                 acks.append((item.session, item.mid))
         self._receiver.ack(acks)
         self.stats.count_acked(len(acks))
+        self._note_retired_acks(acks)
         self._queue.put(_WAKE)
 
     def _not_journaled(self, entries: Sequence[Entry]) -> None:
@@ -529,11 +556,43 @@ class Ingest(ReceiverEvents):
             return True
         return False
 
+    def _note_retired_acks(self, acks: Sequence[tuple[int, int]]) -> None:
+        if self._retired_pending:
+            self._retired_acked.update(i for i, _ in acks if i in self._retired_pending)
+
+    def _forget_retired_sessions(self) -> None:
+        """Once every retired session is connected, unsubscribed, has all it received
+        acknowledged and got nothing for RETIRED_IDLE_S, the record of them goes: the next
+        start opens only `sessions`."""
+        pending = self._retired_pending
+        if not pending:
+            return
+        now = time.monotonic()
+        seen = []
+        for i in sorted(pending):
+            received, qos1 = self.stats.session_received(i)
+            seen.append((received, qos1 - self._retired_acked[i]))
+        counts = tuple(seen)
+        busy = not pending <= self._subscribed or any(unacked for _, unacked in counts)
+        if busy or counts != self._retired_seen:
+            self._retired_seen, self._retired_since = counts, now
+            return
+        if now - self._retired_since < RETIRED_IDLE_S:
+            return
+        if self._sessions_file is not None:
+            try:
+                _write_sessions_used(self._sessions_file, self.settings.sessions)
+            except OSError as exc:  # tried again at the next start
+                log.warning("event=ingest_sessions_record_failed error=%s", kv(exc))
+        log.info("event=ingest_sessions_retired count=%d", len(pending))
+        self._retired_pending = set()
+
     def _run(self) -> None:
         if self._journal is not None and not self._open_journal(self._journal):
             return
         while not self._abandon.is_set():
             self._keep_partitions()
+            self._forget_retired_sessions()
             collected = self._collect()
             if collected is None:
                 return
@@ -593,6 +652,7 @@ class Ingest(ReceiverEvents):
         acks = [(i.session, i.mid) for i in received if i.qos > 0 and not i.journaled]
         self._receiver.ack(acks)
         self.stats.count_acked(len(acks))
+        self._note_retired_acks(acks)
         self.stats.count_batch(
             stored,
             (time.perf_counter() - started) * 1000.0,
@@ -669,6 +729,24 @@ class Ingest(ReceiverEvents):
                 if position is not None and self._commit([], position) is None:
                     return None
                 return total, kept
+
+
+def _read_sessions_used(path: Path | None) -> int:
+    if path is None:
+        return 0
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return 0
+    return int(text) if text.isdigit() else 0
+
+
+def _write_sessions_used(path: Path, count: int) -> None:
+    """Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{count}\n")
+    os.replace(tmp, path)
 
 
 def _short(exc: BaseException) -> str:

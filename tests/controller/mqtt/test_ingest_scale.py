@@ -21,7 +21,7 @@ from controller.db import (
     HealthRow,
 )
 from controller.demo.waiting import wait_until
-from controller.mqtt.ingest import DEFAULT_SHARE_GROUP
+from controller.mqtt.ingest import DEFAULT_SHARE_GROUP, SESSIONS_FILE
 from protocol.events import EventKind
 from protocol.messages import (
     Ack,
@@ -238,3 +238,28 @@ def test_oversized_payloads_are_dropped_counted_and_logged_and_the_stream_goes_o
         "code=payload_too_large topic=edgefleet/v1/dev/cam-big/det" in r.getMessage()
         for r in caplog.records
     )
+
+
+def test_sessions_of_an_earlier_larger_count_hand_over_what_was_queued_for_them(
+    start_ingest, agents, sessions, monkeypatch, tmp_path
+):
+    monkeypatch.setattr("controller.mqtt.ingest.RETIRED_IDLE_S", 0.5)
+    record = tmp_path / "ingest-journal" / SESSIONS_FILE
+    start_ingest(sessions=4).stop()
+    assert record.read_text().strip() == "4"
+    agent = agents("cam-s")
+    # nobody runs: the broker queues the messages over the group's four sessions
+    for _ in range(40):
+        agent.send(batch("cam-s"), "det")
+    ingest = start_ingest(sessions=2)
+    wait_until("all stored", lambda: count(sessions, DetectionRow) == 40)
+    wait_until("the extra sessions forgotten", lambda: record.read_text().strip() == "2")
+    # they subscribe nothing any more: new messages go to sessions 0 and 1 only
+    before = [ingest.stats.session_received(i) for i in (2, 3)]
+    for _ in range(30):
+        agent.send(batch("cam-s"), "det")
+    wait_until("the rest stored", lambda: count(sessions, DetectionRow) == 70)
+    assert [ingest.stats.session_received(i) for i in (2, 3)] == before
+    ingest.stop()
+    # the next start opens two sessions only
+    assert len(start_ingest(sessions=2)._receiver.client_ids) == 2
