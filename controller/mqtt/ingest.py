@@ -412,6 +412,7 @@ class Ingest(ReceiverEvents):
             if qos > 0:
                 self._receiver.ack([(index, pid)])
                 self.stats.count_acked(1)
+                self._note_retired_acks([(index, pid)])
             return
         received = Received(topic, payload, pid, qos, time.time(), index)
         journal = self._journal
@@ -557,6 +558,8 @@ class Ingest(ReceiverEvents):
         return False
 
     def _note_retired_acks(self, acks: Sequence[tuple[int, int]]) -> None:
+        # from the journal's and the writer's threads: a count lost between them only keeps
+        # a retired session a start longer, never forgets one early
         if self._retired_pending:
             self._retired_acked.update(i for i, _ in acks if i in self._retired_pending)
 

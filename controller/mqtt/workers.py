@@ -37,9 +37,12 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, cast
 
+from controller.db import make_engine, session_factory
 from controller.mqtt.ingest import BULK_CHANNELS, Ingest, kv, merge_snapshots
 from controller.mqtt.journal import JournalBusy
 from controller.settings import IngestSettings, MqttSettings
+from controller.tuning import limit_malloc_arenas, tune_gc
+from protocol.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -361,11 +364,6 @@ def _report(ingest: Ingest) -> bool:
 
 def run_worker(config: dict[str, Any]) -> int:
     """One worker: ingest the bulk channels until stdin closes or a signal comes."""
-    # imported here: the parent needs none of the database machinery for its side
-    from controller.db import make_engine, session_factory
-    from controller.tuning import limit_malloc_arenas, tune_gc
-    from protocol.logs import configure_logging
-
     configure_logging(int(config.get("log_level", logging.INFO)), config.get("log_format", "text"))
     limit_malloc_arenas()
     index = int(config["index"])
