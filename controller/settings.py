@@ -98,6 +98,14 @@ MAX_AUTO_WORKERS = 4
 """Most ingest worker processes started when `ingest.workers` is unset."""
 
 
+def _usable_cpus() -> int:
+    """Cores this process may run on (its affinity, e.g. under systemd's CPUAffinity= or a
+    container's cpuset), else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class IngestSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -182,11 +190,12 @@ class IngestSettings(BaseModel):
 
     def worker_count(self, cpus: int | None = None) -> int:
         """How many ingest worker processes run: `workers`, or when unset one per CPU core
-        (`cpus`, default os.cpu_count()) up to MAX_AUTO_WORKERS; none on a single core, or
-        with a single session, which marks a broker without shared subscriptions."""
+        (`cpus`, default the cores this process may run on) up to MAX_AUTO_WORKERS; none on
+        a single core, or with a single session, which marks a broker without shared
+        subscriptions."""
         if self.workers is not None:
             return self.workers
-        cpus = (os.cpu_count() or 1) if cpus is None else cpus
+        cpus = _usable_cpus() if cpus is None else cpus
         if cpus < 2 or self.sessions == 1:
             return 0
         return min(cpus, MAX_AUTO_WORKERS)
