@@ -330,7 +330,8 @@ class Ingest(ReceiverEvents):
         total = max(count, used)
         if self._sessions_file is not None and total != used:
             _write_sessions_used(self._sessions_file, total)
-        self._retired_sessions = frozenset(range(count, total))
+        # a retiring ingest (a worker above a lowered count) retires every session
+        self._retired_sessions = frozenset(range(0 if retiring else count, total))
         self._retired_pending = set(self._retired_sessions)
         self._retired_acked: Counter[int] = Counter()
         self._retired_seen: tuple[tuple[int, int], ...] = ()
@@ -370,7 +371,7 @@ class Ingest(ReceiverEvents):
             kv(self.share_group or "-"),
         )
         stale: list[str] = []
-        retired = self.retiring or index in self._retired_sessions
+        retired = index in self._retired_sessions
         if session_present or retired:
             # a persistent session remembers what an earlier configuration subscribed: the
             # other form (it would deliver every message a second time), or channels that
@@ -556,6 +557,11 @@ class Ingest(ReceiverEvents):
                 log.info("event=ingest_journal_replay bytes=%d", backlog)
             return True
         return False
+
+    @property
+    def sessions_retired(self) -> bool:
+        """True once no retired session is left to wait for (_forget_retired_sessions)."""
+        return not self._retired_pending
 
     def _note_retired_acks(self, acks: Sequence[tuple[int, int]]) -> None:
         # from the journal's and the writer's threads: a count lost between them only keeps

@@ -50,9 +50,6 @@ REPORT_S = 0.5
 """How often a worker reports its status to the controller."""
 RESTART_DELAYS_S = (1.0, 2.0, 5.0, 15.0, 30.0)
 """Delays before starting a worker that exited again, growing with each exit in a row."""
-RETIRE_IDLE_S = 3.0
-"""A retiring worker stops once its sessions were idle this long: what the broker kept for
-them comes right after they connect."""
 RETIRE_UNFINISHED = 3
 """A retiring worker's exit status when it stopped before it was done: it runs again."""
 STABLE_S = 60.0
@@ -334,21 +331,11 @@ class IngestWorkers:
 # ---- worker side ----------------------------------------------------------------------------
 
 
-class _Idle:
-    """A retiring worker is done once its sessions are connected and nothing arrived, waited
-    or stayed unstored for RETIRE_IDLE_S."""
-
-    def __init__(self) -> None:
-        self.received = -1
-        self.since = time.monotonic()
-
-    def done(self, ingest: Ingest) -> bool:
-        snap = ingest.stats.own_snapshot()
-        busy = snap["queued"] or snap["journal_bytes"] or snap["unacked"]
-        if not ingest.ready or busy or snap["received"] != self.received:
-            self.received, self.since = snap["received"], time.monotonic()
-            return False
-        return time.monotonic() - self.since >= RETIRE_IDLE_S
+def _retired(ingest: Ingest) -> bool:
+    """A retiring worker is done once its sessions took what the broker kept for them (the
+    ingest's own test for retired sessions) and all of it is stored."""
+    snap = ingest.stats.own_snapshot()
+    return ingest.sessions_retired and not snap["queued"] and not snap["journal_bytes"]
 
 
 def _report(ingest: Ingest) -> bool:
@@ -405,11 +392,10 @@ def run_worker(config: dict[str, Any]) -> int:
     log.info(
         "event=ingest_worker_running index=%d pid=%d retiring=%s", index, os.getpid(), retiring
     )
-    idle = _Idle()
     while not stop.wait(REPORT_S):
         if not _report(ingest):
             break
-        if retiring and idle.done(ingest):
+        if retiring and _retired(ingest):
             break
     ingest.stop()
     _report(ingest)
